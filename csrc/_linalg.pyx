@@ -1,0 +1,195 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
+"""Dense linear algebra for the solvers: symmetric eigendecomposition and PSD projection.
+
+LAPACK (``syevr``) and BLAS (``gemm``/``syrk``) come from ``scipy.linalg.cython_lapack``
+and ``cython_blas``.  Thin ``def`` shims over ``gemm`` and ``syrk`` exist so the
+tests can compare each routine with NumPy.  One eigendecomposition per projection;
+no validation here (the Python layer checks shapes and finiteness).
+"""
+
+from cython cimport floating
+from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
+from scipy.linalg.cython_blas cimport dgemm, dsyrk, sgemm, ssyrk
+from scipy.linalg.cython_lapack cimport dsyevr, ssyevr
+
+
+cdef int _syevr(int n, floating *a, floating *w, floating *z) noexcept nogil:
+    """Eigendecomposition of the column-major symmetric ``a`` (lower triangle used).
+
+    ``a`` is destroyed; ``w`` gets ascending eigenvalues and ``z`` (column-major)
+    the orthonormal eigenvectors as columns.  Returns LAPACK's ``info``.
+    """
+    cdef char jobz = b'V'
+    cdef char rng = b'A'
+    cdef char uplo = b'L'
+    cdef floating vl = 0, vu = 0, abstol = 0
+    cdef int il = 0, iu = 0, m = 0, info = 0, lwork = -1, liwork = -1
+    cdef floating work_query
+    cdef int iwork_query
+    cdef int *isuppz = <int *> malloc(2 * n * sizeof(int))
+    cdef floating *work
+    cdef int *iwork
+    if isuppz == NULL:
+        return -1000
+    if floating is double:
+        dsyevr(&jobz, &rng, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &m,
+               w, z, &n, isuppz, &work_query, &lwork, &iwork_query, &liwork, &info)
+    else:
+        ssyevr(&jobz, &rng, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &m,
+               w, z, &n, isuppz, &work_query, &lwork, &iwork_query, &liwork, &info)
+    if info != 0:
+        free(isuppz)
+        return info
+    lwork = <int> work_query + 1
+    liwork = iwork_query
+    work = <floating *> malloc(lwork * sizeof(floating))
+    iwork = <int *> malloc(liwork * sizeof(int))
+    if work == NULL or iwork == NULL:
+        free(isuppz)
+        free(work)
+        free(iwork)
+        return -1000
+    if floating is double:
+        dsyevr(&jobz, &rng, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &m,
+               w, z, &n, isuppz, work, &lwork, iwork, &liwork, &info)
+    else:
+        ssyevr(&jobz, &rng, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &m,
+               w, z, &n, isuppz, work, &lwork, iwork, &liwork, &info)
+    free(isuppz)
+    free(work)
+    free(iwork)
+    return info
+
+
+def eigh(const floating[:, ::1] A, floating[::1] w, floating[:, ::1] V):
+    """Eigendecomposition of a symmetric matrix, ``A = V @ diag(w) @ V.T``.
+
+    Parameters
+    ----------
+    A : ndarray of shape (d, d)
+        Symmetric input; only its upper triangle (row-major) is read.  Unchanged.
+    w : ndarray of shape (d,)
+        Receives the eigenvalues in ascending order.
+    V : ndarray of shape (d, d)
+        Receives the eigenvectors as columns.
+    """
+    cdef int n = <int> A.shape[0]
+    cdef Py_ssize_t r, c
+    cdef int info
+    cdef floating *a = <floating *> malloc(2 * n * n * sizeof(floating))
+    cdef floating *z
+    if a == NULL:
+        raise MemoryError()
+    z = a + n * n
+    with nogil:
+        for r in range(n):
+            for c in range(n):
+                a[r * n + c] = A[r, c]
+        info = _syevr(n, a, &w[0], z)
+        # z is column-major: z[c * n + r] is row r of eigenvector c.
+        for r in range(n):
+            for c in range(n):
+                V[r, c] = z[c * n + r]
+    free(a)
+    if info != 0:
+        raise ArithmeticError(f"LAPACK syevr failed (info={info})")
+
+
+def psd_project(const floating[:, ::1] A, floating[:, ::1] out, floating[::1] w):
+    """Nearest PSD matrix in Frobenius norm: clip negative eigenvalues to zero.
+
+    Symmetrises ``A`` as ``(A + A.T) / 2``, takes one eigendecomposition and
+    rebuilds ``V @ diag(max(w, 0)) @ V.T`` with ``syrk``.
+
+    Parameters
+    ----------
+    A : ndarray of shape (d, d)
+    out : ndarray of shape (d, d)
+        Receives the projection (may not alias ``A``).
+    w : ndarray of shape (d,)
+        Receives the eigenvalues of the symmetrised ``A`` (before clipping).
+    """
+    cdef int n = <int> A.shape[0]
+    cdef Py_ssize_t r, c
+    cdef int info
+    cdef char uplo = b'U'
+    cdef char trans = b'N'
+    cdef floating one = 1.0, zero = 0.0, s
+    cdef floating *a = <floating *> malloc(2 * n * n * sizeof(floating))
+    cdef floating *z
+    if a == NULL:
+        raise MemoryError()
+    z = a + n * n
+    with nogil:
+        for r in range(n):
+            for c in range(n):
+                a[r * n + c] = (A[r, c] + A[c, r]) * 0.5
+        info = _syevr(n, a, &w[0], z)
+        if info == 0:
+            # Scale eigenvector columns by sqrt(max(w, 0)); then out = Z Z^T.
+            for c in range(n):
+                s = <floating> sqrt(w[c]) if w[c] > 0 else 0
+                for r in range(n):
+                    z[c * n + r] = z[c * n + r] * s
+            if floating is double:
+                dsyrk(&uplo, &trans, &n, &n, &one, z, &n, &zero, a, &n)
+            else:
+                ssyrk(&uplo, &trans, &n, &n, &one, z, &n, &zero, a, &n)
+            # Column-major upper triangle: a[c * n + r] with r <= c.
+            for c in range(n):
+                for r in range(c + 1):
+                    out[r, c] = a[c * n + r]
+                    out[c, r] = a[c * n + r]
+    free(a)
+    if info != 0:
+        raise ArithmeticError(f"LAPACK syevr failed (info={info})")
+
+
+def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out):
+    """``out = a @ b`` through BLAS gemm (a test shim for the row/column-major mapping).
+
+    Parameters
+    ----------
+    a : ndarray of shape (m, k)
+    b : ndarray of shape (k, n)
+    out : ndarray of shape (m, n)
+    """
+    cdef int m = <int> a.shape[0], k = <int> a.shape[1], n = <int> b.shape[1]
+    cdef char trans = b'N'
+    cdef floating one = 1.0, zero = 0.0
+    # Row-major (a @ b) is column-major (b.T @ a.T).
+    with nogil:
+        if floating is double:
+            dgemm(&trans, &trans, &n, &m, &k, &one, <double *> &b[0, 0], &n,
+                  <double *> &a[0, 0], &k, &zero, &out[0, 0], &n)
+        else:
+            sgemm(&trans, &trans, &n, &m, &k, &one, <float *> &b[0, 0], &n,
+                  <float *> &a[0, 0], &k, &zero, &out[0, 0], &n)
+
+
+def syrk(const floating[:, ::1] a, floating[:, ::1] out):
+    """``out = a.T @ a`` through BLAS syrk, both triangles filled (a test shim).
+
+    Parameters
+    ----------
+    a : ndarray of shape (k, n)
+    out : ndarray of shape (n, n)
+    """
+    cdef int k = <int> a.shape[0], n = <int> a.shape[1]
+    cdef char uplo = b'U'
+    cdef char trans = b'N'
+    cdef floating one = 1.0, zero = 0.0
+    cdef Py_ssize_t r, c
+    # Row-major a (k x n) is column-major a.T (n x k): syrk 'N' gives a.T @ a.
+    with nogil:
+        if floating is double:
+            dsyrk(&uplo, &trans, &n, &k, &one, <double *> &a[0, 0], &n, &zero,
+                  &out[0, 0], &n)
+        else:
+            ssyrk(&uplo, &trans, &n, &k, &one, <float *> &a[0, 0], &n, &zero,
+                  &out[0, 0], &n)
+        # Column-major upper triangle is the row-major lower one; mirror it.
+        for r in range(n):
+            for c in range(r + 1, n):
+                out[r, c] = out[c, r]

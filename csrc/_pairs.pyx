@@ -1,0 +1,395 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
+"""Pair kernels: Mahalanobis distances and weighted outer-product sums over index pairs.
+
+Every kernel takes the data ``X`` (n x d, C-contiguous), two index arrays
+``i`` and ``j`` naming the pairs ``(X[i[p]], X[j[p]])``, and writes into
+outputs the caller allocated.  Pairs are processed in blocks of at most
+``BLOCK`` rows: the differences of one block are gathered into a per-thread
+buffer and handed to BLAS level 3 (``gemm`` for ``Delta A``, ``syrk`` for
+``Delta^T W Delta``), so memory stays O(threads x (BLOCK x d + d x d)) whatever
+the number of pairs.  Blocks are spread over ``num_threads`` OpenMP threads,
+each accumulating into its own d x d buffer; the buffers are summed at the end.
+
+This module does no validation: bounds checks are off, so the Python layer
+must check shapes, dtypes, index ranges and finiteness before calling.
+"""
+
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+from scipy.linalg.cython_blas cimport dgemm, dsyrk, sgemm, ssyrk
+
+cdef Py_ssize_t BLOCK = 256
+
+
+cdef inline void _gemm_nn(int m, int n, int k, floating *a, int lda,
+                          floating *b, int ldb, floating *c, int ldc) noexcept nogil:
+    """Column-major ``c = a @ b`` with a (m x k), b (k x n)."""
+    cdef char trans = b'N'
+    cdef floating one = 1.0
+    cdef floating zero = 0.0
+    if floating is double:
+        dgemm(&trans, &trans, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc)
+    else:
+        sgemm(&trans, &trans, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc)
+
+
+cdef inline void _syrk_acc(int n, int k, floating *a, int lda,
+                           floating *c, int ldc) noexcept nogil:
+    """Column-major ``c[upper] += a @ a.T`` with a (n x k)."""
+    cdef char uplo = b'U'
+    cdef char trans = b'N'
+    cdef floating one = 1.0
+    if floating is double:
+        dsyrk(&uplo, &trans, &n, &k, &one, a, &lda, &one, c, &ldc)
+    else:
+        ssyrk(&uplo, &trans, &n, &k, &one, a, &lda, &one, c, &ldc)
+
+
+cdef inline void _gather(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                         const Py_ssize_t[::1] j, Py_ssize_t start, Py_ssize_t stop,
+                         floating *buf) noexcept nogil:
+    """Write rows ``X[i[p]] - X[j[p]]`` for p in [start, stop) into buf (row-major)."""
+    cdef Py_ssize_t d = X.shape[1]
+    cdef Py_ssize_t p, k, a, b
+    cdef floating *row
+    for p in range(start, stop):
+        a = i[p]
+        b = j[p]
+        row = buf + (p - start) * d
+        for k in range(d):
+            row[k] = X[a, k] - X[b, k]
+
+
+cdef inline void _block_sq_dists(floating *diff, floating *tmp, const floating *A,
+                                 int nb, int d, floating *out) noexcept nogil:
+    """Squared distances ``out[p] = diff[p] @ A @ diff[p]`` for the nb rows of a block.
+
+    Row-major diff (nb x d) is column-major diff.T; row-major A is column-major
+    A.T, so gemm gives column-major (A.T @ diff.T) = row-major diff @ A.
+    """
+    cdef int p, k
+    cdef floating acc
+    _gemm_nn(d, nb, d, <floating *> A, d, diff, d, tmp, d)
+    for p in range(nb):
+        acc = 0
+        for k in range(d):
+            acc = acc + tmp[p * d + k] * diff[p * d + k]
+        # A is PSD, so a negative value is rounding: clamp it to zero.
+        out[p] = acc if acc > 0 else 0
+
+
+cdef inline void _symmetrize_sum(floating *acc, Py_ssize_t n_acc, int d,
+                                 floating[:, ::1] out) noexcept nogil:
+    """out = sum of the n_acc column-major upper triangles in acc, made symmetric."""
+    cdef Py_ssize_t t, r, c
+    cdef floating s
+    for c in range(d):
+        for r in range(c + 1):
+            s = 0
+            for t in range(n_acc):
+                s = s + acc[t * d * d + c * d + r]
+            out[r, c] = s
+            out[c, r] = s
+
+
+def pair_sq_dists(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                  const Py_ssize_t[::1] j, const floating[:, ::1] A,
+                  floating[::1] out, int num_threads=1):
+    """Squared Mahalanobis distances of index pairs.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    i, j : ndarray of intp, shape (n_pairs,)
+        Row indices of the two points of each pair.
+    A : ndarray of shape (n_features, n_features)
+        The Mahalanobis matrix; assumed PSD (negative rounding is clamped to 0).
+    out : ndarray of shape (n_pairs,)
+        Receives ``(X[i] - X[j]) @ A @ (X[i] - X[j])`` for every pair.
+    num_threads : int
+    """
+    cdef Py_ssize_t n_pairs = i.shape[0]
+    cdef int d = <int> X.shape[1]
+    cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t blk, start, stop
+    cdef int tid
+    cdef floating *diff
+    cdef floating *tmp
+    if n_pairs == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        diff = <floating *> malloc(2 * BLOCK * d * sizeof(floating))
+        tmp = diff + BLOCK * d
+        for blk in prange(n_blocks, schedule='static'):
+            start = blk * BLOCK
+            stop = start + BLOCK
+            if stop > n_pairs:
+                stop = n_pairs
+            _gather(X, i, j, start, stop, diff)
+            _block_sq_dists(diff, tmp, &A[0, 0], <int> (stop - start), d, &out[start])
+        free(diff)
+
+
+def pair_sq_dists_diag(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                       const Py_ssize_t[::1] j, const floating[::1] w,
+                       floating[::1] out, int num_threads=1):
+    """Squared weighted Euclidean distances ``sum_k w[k] (X[i,k] - X[j,k])**2``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    i, j : ndarray of intp, shape (n_pairs,)
+    w : ndarray of shape (n_features,)
+        Non-negative feature weights (the diagonal of A).
+    out : ndarray of shape (n_pairs,)
+    num_threads : int
+    """
+    cdef Py_ssize_t n_pairs = i.shape[0]
+    cdef Py_ssize_t d = X.shape[1]
+    cdef Py_ssize_t p, k, a, b
+    cdef floating acc, diff
+    with nogil:
+        for p in prange(n_pairs, schedule='static', num_threads=num_threads):
+            a = i[p]
+            b = j[p]
+            acc = 0
+            for k in range(d):
+                diff = X[a, k] - X[b, k]
+                acc = acc + w[k] * diff * diff
+            out[p] = acc
+
+
+def weighted_outer_sum(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                       const Py_ssize_t[::1] j, const floating[::1] weights,
+                       floating[:, ::1] out, int num_threads=1):
+    """Weighted sum of difference outer products ``sum_p w_p D_p D_p^T``.
+
+    With ``D_p = X[i[p]] - X[j[p]]``.  Each block is scaled by ``sqrt(w_p)`` and
+    accumulated with ``syrk``, so the weights must be non-negative.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    i, j : ndarray of intp, shape (n_pairs,)
+    weights : ndarray of shape (n_pairs,) or (0,)
+        Non-negative pair weights; an empty array means all ones.
+    out : ndarray of shape (n_features, n_features)
+        Overwritten with the (symmetric) sum.
+    num_threads : int
+    """
+    cdef Py_ssize_t n_pairs = i.shape[0]
+    cdef int d = <int> X.shape[1]
+    cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t blk, start, stop, p, k
+    cdef int nt = num_threads if num_threads > 0 else 1
+    cdef int tid
+    cdef bint unweighted = weights.shape[0] == 0
+    cdef floating s
+    cdef floating *diff
+    cdef floating *acc = <floating *> malloc(nt * d * d * sizeof(floating))
+    if acc == NULL:
+        raise MemoryError()
+    memset(acc, 0, nt * d * d * sizeof(floating))
+    with nogil, parallel(num_threads=nt):
+        tid = threadid()
+        diff = <floating *> malloc(BLOCK * d * sizeof(floating))
+        for blk in prange(n_blocks, schedule='static'):
+            start = blk * BLOCK
+            stop = start + BLOCK
+            if stop > n_pairs:
+                stop = n_pairs
+            _gather(X, i, j, start, stop, diff)
+            if not unweighted:
+                for p in range(start, stop):
+                    s = sqrt(weights[p])
+                    for k in range(d):
+                        diff[(p - start) * d + k] = diff[(p - start) * d + k] * s
+            _syrk_acc(d, <int> (stop - start), diff, d, acc + tid * d * d, d)
+        free(diff)
+    _symmetrize_sum(acc, nt, d, out)
+    free(acc)
+
+
+def sqrt_dist_sum_grad(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                       const Py_ssize_t[::1] j, const floating[:, ::1] A,
+                       floating[:, ::1] grad, double eps=0.0, int num_threads=1):
+    """Sum of Mahalanobis distances and its gradient with respect to A, in one pass.
+
+    Computes ``f = sum_p sqrt(q_p)`` with ``q_p = D_p^T A D_p`` and
+    ``grad = sum_p 0.5 / (sqrt(q_p) + eps) * D_p D_p^T``.  With ``eps == 0`` a
+    pair at zero distance contributes 0 to the gradient (the square root has no
+    derivative there), so the result is always finite.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    i, j : ndarray of intp, shape (n_pairs,)
+    A : ndarray of shape (n_features, n_features), PSD
+    grad : ndarray of shape (n_features, n_features)
+        Overwritten with the gradient.
+    eps : float
+        Added to each distance in the gradient's denominator.
+    num_threads : int
+
+    Returns
+    -------
+    f : float
+        ``sum_p sqrt(q_p)`` (accumulated in double precision).
+    """
+    cdef Py_ssize_t n_pairs = i.shape[0]
+    cdef int d = <int> X.shape[1]
+    cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t blk, start, stop, p, k
+    cdef int nb
+    cdef int nt = num_threads if num_threads > 0 else 1
+    cdef int tid
+    cdef double dist, total = 0.0
+    cdef floating s
+    cdef floating *diff
+    cdef floating *tmp
+    cdef floating *q
+    cdef floating *acc = <floating *> malloc(nt * d * d * sizeof(floating))
+    if acc == NULL:
+        raise MemoryError()
+    memset(acc, 0, nt * d * d * sizeof(floating))
+    with nogil, parallel(num_threads=nt):
+        tid = threadid()
+        diff = <floating *> malloc((2 * BLOCK * d + BLOCK) * sizeof(floating))
+        tmp = diff + BLOCK * d
+        q = tmp + BLOCK * d
+        for blk in prange(n_blocks, schedule='static'):
+            start = blk * BLOCK
+            stop = start + BLOCK
+            if stop > n_pairs:
+                stop = n_pairs
+            nb = <int> (stop - start)
+            _gather(X, i, j, start, stop, diff)
+            _block_sq_dists(diff, tmp, &A[0, 0], nb, d, q)
+            for p in range(nb):
+                dist = sqrt(<double> q[p])
+                total += dist
+                if dist + eps > 0:
+                    s = <floating> sqrt(0.5 / (dist + eps))
+                else:
+                    s = 0
+                for k in range(d):
+                    diff[p * d + k] = diff[p * d + k] * s
+            _syrk_acc(d, nb, diff, d, acc + tid * d * d, d)
+        free(diff)
+    _symmetrize_sum(acc, nt, d, grad)
+    free(acc)
+    return total
+
+
+def diag_sqrt_dist_derivs(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                          const Py_ssize_t[::1] j, const floating[::1] w,
+                          floating[::1] grad, floating[:, ::1] hess,
+                          int num_threads=1):
+    """Sum of weighted Euclidean distances with first and second derivatives.
+
+    For ``u_p = (X[i[p]] - X[j[p]])**2`` and ``dist_p = sqrt(u_p . w)`` computes
+    ``f = sum_p dist_p``, ``grad = sum_p u_p / (2 dist_p)`` and
+    ``hess = sum_p u_p u_p^T / (4 dist_p**3)`` (the negated Hessian of ``f``, which
+    is PSD).  Pairs at zero distance contribute nothing to the derivatives.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    i, j : ndarray of intp, shape (n_pairs,)
+    w : ndarray of shape (n_features,), non-negative
+    grad : ndarray of shape (n_features,)
+        Overwritten with the gradient of f.
+    hess : ndarray of shape (n_features, n_features)
+        Overwritten with minus the Hessian of f.
+    num_threads : int
+
+    Returns
+    -------
+    f : float
+    """
+    cdef Py_ssize_t n_pairs = i.shape[0]
+    cdef int d = <int> X.shape[1]
+    cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t blk, start, stop, p, k, t
+    cdef int nb
+    cdef int nt = num_threads if num_threads > 0 else 1
+    cdef int tid
+    cdef double dist, total = 0.0
+    cdef double q
+    cdef floating s, g
+    cdef floating *u
+    cdef floating *gacc = <floating *> malloc(nt * d * (d + 1) * sizeof(floating))
+    cdef floating *hacc
+    if gacc == NULL:
+        raise MemoryError()
+    hacc = gacc + nt * d
+    memset(gacc, 0, nt * d * (d + 1) * sizeof(floating))
+    with nogil, parallel(num_threads=nt):
+        tid = threadid()
+        u = <floating *> malloc(BLOCK * d * sizeof(floating))
+        for blk in prange(n_blocks, schedule='static'):
+            start = blk * BLOCK
+            stop = start + BLOCK
+            if stop > n_pairs:
+                stop = n_pairs
+            nb = <int> (stop - start)
+            _gather(X, i, j, start, stop, u)
+            for p in range(nb):
+                q = 0
+                for k in range(d):
+                    u[p * d + k] = u[p * d + k] * u[p * d + k]
+                    q = q + w[k] * u[p * d + k]
+                dist = sqrt(q)
+                total += dist
+                if dist > 0:
+                    g = <floating> (0.5 / dist)
+                    s = <floating> sqrt(0.25 / (dist * q))
+                else:
+                    g = 0
+                    s = 0
+                for k in range(d):
+                    gacc[tid * d + k] += g * u[p * d + k]
+                    u[p * d + k] = u[p * d + k] * s
+            _syrk_acc(d, nb, u, d, hacc + tid * d * d, d)
+        free(u)
+    for k in range(d):
+        g = 0
+        for t in range(nt):
+            g = g + gacc[t * d + k]
+        grad[k] = g
+    _symmetrize_sum(hacc, nt, d, hess)
+    free(gacc)
+    return total
+
+
+def sq_diff_sum(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                const Py_ssize_t[::1] j, floating[::1] out):
+    """Per-feature sum of squared differences ``sum_p (X[i[p]] - X[j[p]])**2``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    i, j : ndarray of intp, shape (n_pairs,)
+    out : ndarray of shape (n_features,)
+        Overwritten with the sums (accumulated in double precision).
+    """
+    cdef Py_ssize_t n_pairs = i.shape[0]
+    cdef Py_ssize_t d = X.shape[1]
+    cdef Py_ssize_t p, k
+    cdef double diff
+    cdef double *acc = <double *> malloc(d * sizeof(double))
+    if acc == NULL:
+        raise MemoryError()
+    with nogil:
+        for k in range(d):
+            acc[k] = 0
+        for p in range(n_pairs):
+            for k in range(d):
+                diff = X[i[p], k] - X[j[p], k]
+                acc[k] += diff * diff
+        for k in range(d):
+            out[k] = <floating> acc[k]
+    free(acc)

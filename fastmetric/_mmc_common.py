@@ -1,0 +1,151 @@
+"""Shared pieces of the MMC solvers: the result type and the kernel front-ends.
+
+The front-ends call the compiled pair kernels (``fastmetric._pairs``) and
+LAPACK (``fastmetric._linalg``) on validated :class:`PairData`; the data's dtype
+(float32 or float64) is kept for the per-pair work and the O(d^2) results come
+back in float64.  No validation happens here.
+"""
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+from . import _linalg, _pairs
+
+
+@dataclass
+class MMCResult:
+    """Outcome of an MMC solver.
+
+    Attributes
+    ----------
+    A : ndarray of shape (d, d)
+        The learned Mahalanobis matrix (float64, symmetric PSD).
+    n_iter : int
+        Outer iterations run.
+    converged : bool
+        Whether the solver's stopping rule was met within ``max_iter``.
+    objective : float
+        The solver's final objective value (see each solver).
+    history : list of float
+        The objective after each outer iteration.
+    gap : float or None
+        For :func:`solve_exact`, the certified relative duality gap.
+    """
+
+    A: np.ndarray
+    n_iter: int
+    converged: bool
+    objective: float
+    history: list = field(default_factory=list)
+    gap: float | None = None
+
+
+# ----------------------------------------------------------------------------
+# Kernel front-ends (dtype follows the data; dense algebra in float64).
+# ----------------------------------------------------------------------------
+
+
+def s_matrix(pairs, n_threads=1):
+    """``sum_p (x_i - x_j)(x_i - x_j)^T`` over the pairs, as float64 (d, d)."""
+    d = pairs.n_features
+    out = np.empty((d, d), dtype=pairs.X.dtype)
+    _pairs.weighted_outer_sum(pairs.X, pairs.i, pairs.j,
+                              np.empty(0, dtype=pairs.X.dtype), out, n_threads)
+    return out.astype(np.float64)
+
+
+def dist_sum_and_grad(pairs, A, eps=0.0, n_threads=1):
+    """``sum_p ||x_i - x_j||_A`` and its gradient with respect to A.
+
+    The gradient is ``sum_p (x_i - x_j)(x_i - x_j)^T / (2 (||x_i - x_j||_A + eps))``;
+    pairs at zero distance contribute nothing when ``eps == 0``.
+    """
+    d = pairs.n_features
+    dtype = pairs.X.dtype
+    grad = np.empty((d, d), dtype=dtype)
+    f = _pairs.sqrt_dist_sum_grad(pairs.X, pairs.i, pairs.j,
+                                  np.ascontiguousarray(A, dtype=dtype), grad,
+                                  float(eps), n_threads)
+    return f, grad.astype(np.float64)
+
+
+def pair_sq_distances(pairs, A, n_threads=1):
+    """Squared Mahalanobis distance of every pair (in the data's dtype)."""
+    out = np.empty(pairs.n_pairs, dtype=pairs.X.dtype)
+    _pairs.pair_sq_dists(pairs.X, pairs.i, pairs.j,
+                         np.ascontiguousarray(A, dtype=pairs.X.dtype), out, n_threads)
+    return out
+
+
+def mmc_objective(similar, dissimilar, A, n_threads=1):
+    """Scale-free MMC objective ``J(A) = sum_D ||x-y||_A / sqrt(sum_S ||x-y||_A^2)``.
+
+    Maximising J over PSD matrices is the MMC problem (its value does not depend
+    on how A is scaled), so J compares solvers and implementations fairly.
+
+    Parameters
+    ----------
+    similar, dissimilar : PairData
+    A : ndarray of shape (d, d)
+    n_threads : int
+
+    Returns
+    -------
+    float
+    """
+    f_dis = float(np.sum(np.sqrt(pair_sq_distances(dissimilar, A, n_threads),
+                                 dtype=np.float64)))
+    s_sim = float(np.sum(pair_sq_distances(similar, A, n_threads), dtype=np.float64))
+    if s_sim <= 0:
+        return np.inf if f_dis > 0 else 0.0
+    return f_dis / np.sqrt(s_sim)
+
+
+def _eigh(M):
+    """Symmetric eigendecomposition through LAPACK syevr (ascending eigenvalues)."""
+    M = np.ascontiguousarray(M, dtype=np.float64)
+    d = M.shape[0]
+    w = np.empty(d)
+    V = np.empty((d, d))
+    _linalg.eigh(M, w, V)
+    return w, V
+
+
+def _project_capped_simplex(lam):
+    """Euclidean projection of a vector onto ``{x >= 0, sum(x) <= 1}``."""
+    pos = np.maximum(lam, 0.0)
+    if pos.sum() <= 1.0:
+        return pos
+    u = np.sort(lam)[::-1]
+    css = np.cumsum(u) - 1.0
+    k = np.arange(1, u.size + 1)
+    rho = np.nonzero(u - css / k > 0)[0][-1]
+    theta = css[rho] / (rho + 1)
+    return np.maximum(lam - theta, 0.0)
+
+
+def _project_spectraplex(M):
+    """Frobenius projection of a symmetric matrix onto ``{B PSD, trace(B) <= 1}``."""
+    lam, V = _eigh((M + M.T) * 0.5)
+    lam = _project_capped_simplex(lam)
+    keep = lam > 0
+    Vk = V[:, keep]
+    return (Vk * lam[keep]) @ Vk.T, lam[keep], Vk
+
+
+def _sym(M):
+    return (M + M.T) * 0.5
+
+
+def _warn_not_converged(name, n_iter, detail):
+    warnings.warn(
+        f"{name} did not converge in {n_iter} iterations ({detail}); "
+        "increase max_iter",
+        ConvergenceWarning,
+        stacklevel=4,
+    )
+
+

@@ -1,0 +1,346 @@
+"""Base classes: the Mahalanobis mixin and the pairs-classifier mixin.
+
+A fitted Mahalanobis learner holds ``components_`` (L, with ``A = L^T L``) and
+offers ``transform``, ``pair_distance``, ``pair_score``, ``get_metric`` and
+``get_mahalanobis_matrix`` on top of it, with metric-learn's names and
+semantics.  Pairwise work goes to the compiled pair kernel; this module only
+validates and dispatches.
+"""
+
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.utils.validation import check_is_fitted
+
+from ._mmc_common import pair_sq_distances
+from ._validation import (
+    check_data,
+    check_finite,
+    check_indices,
+    check_pair_labels,
+    check_pairs,
+    make_preprocessor,
+)
+
+
+def components_from_metric(A):
+    """A matrix ``L`` with ``L.T @ L == A`` for a symmetric PSD ``A``.
+
+    Built from the eigendecomposition (rows ordered by decreasing eigenvalue;
+    negative rounding-level eigenvalues clipped), so it also works when A is
+    singular, as MMC's optimum often is.
+
+    Parameters
+    ----------
+    A : ndarray of shape (d, d)
+
+    Returns
+    -------
+    ndarray of shape (d, d)
+    """
+    A = np.asarray(A, dtype=np.float64)
+    if np.array_equal(A, np.diag(np.diag(A))):
+        return np.diag(np.sqrt(np.maximum(np.diag(A), 0.0)))
+    w, V = np.linalg.eigh((A + A.T) / 2)
+    order = np.argsort(w)[::-1]
+    w, V = w[order], V[:, order]
+    return np.sqrt(np.maximum(w, 0.0))[:, None] * V.T
+
+
+class MahalanobisMixin(BaseEstimator):
+    """Methods shared by learners of a Mahalanobis distance ``d(x, y) = ||L(x - y)||``.
+
+    Subclasses set ``components_`` (n_components, n_features) in ``fit``.
+    """
+
+    _tuple_size = 2
+
+    def _check_preprocessor(self):
+        self.preprocessor_ = make_preprocessor(self.preprocessor)
+        return self.preprocessor_
+
+    def _fitted_pairs(self, pairs, name="pairs"):
+        check_is_fitted(self, ["preprocessor_", "components_"])
+        return check_pairs(pairs, self.preprocessor_, n_features=self.n_features_in_,
+                           name=name)
+
+    def _n_threads(self):
+        from ._threads import resolve_n_jobs
+
+        return resolve_n_jobs(getattr(self, "n_jobs", 1))
+
+    def pair_distance(self, pairs):
+        """Learned Mahalanobis distance between the points of each pair.
+
+        Parameters
+        ----------
+        pairs : array-like of shape (n_pairs, 2, n_features) or (n_pairs, 2)
+            Formed pairs, or index pairs when a preprocessor is set.
+
+        Returns
+        -------
+        ndarray of shape (n_pairs,)
+            ``sqrt((x - y)^T A (x - y))`` for each pair.
+        """
+        data = self._fitted_pairs(pairs)
+        from ._threads import kernel_threads
+
+        n_threads = self._n_threads()
+        with kernel_threads(n_threads):
+            q = pair_sq_distances(data, self.get_mahalanobis_matrix(), n_threads)
+        return np.sqrt(q.astype(np.float64))
+
+    def pair_score(self, pairs):
+        """Similarity score of each pair: the opposite of :meth:`pair_distance`.
+
+        Parameters
+        ----------
+        pairs : array-like of shape (n_pairs, 2, n_features) or (n_pairs, 2)
+
+        Returns
+        -------
+        ndarray of shape (n_pairs,)
+        """
+        return -self.pair_distance(pairs)
+
+    def score_pairs(self, pairs):
+        """Deprecated alias of :meth:`pair_distance` (as in metric-learn 0.7.0).
+
+        Parameters
+        ----------
+        pairs : array-like of shape (n_pairs, 2, n_features) or (n_pairs, 2)
+
+        Returns
+        -------
+        ndarray of shape (n_pairs,)
+        """
+        warnings.warn(
+            "score_pairs is deprecated; use pair_score for similarity scores or "
+            "pair_distance for distances",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.pair_distance(pairs)
+
+    def transform(self, X):
+        """Embed points in the learned space: ``X @ components_.T``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or (n_samples,) indices
+            when a preprocessor is set.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_components)
+        """
+        check_is_fitted(self, ["preprocessor_", "components_"])
+        arr = np.asarray(X) if not hasattr(X, "toarray") else X
+        pre = self.preprocessor_
+        if getattr(arr, "ndim", 2) == 1 and pre is not None:
+            if hasattr(pre, "X"):
+                X = pre.X[check_indices(arr, pre.X.shape[0], "X")]
+            else:
+                X = pre(arr)
+        X = check_data(X, "X")
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} was fitted "
+                f"with {self.n_features_in_} features"
+            )
+        return X @ self.components_.T.astype(X.dtype, copy=False)
+
+    def get_mahalanobis_matrix(self):
+        """A copy of the learned Mahalanobis matrix ``A = L^T L``.
+
+        Returns
+        -------
+        ndarray of shape (n_features, n_features)
+        """
+        check_is_fitted(self, "components_")
+        return self.components_.T @ self.components_
+
+    def get_metric(self):
+        """A function ``metric(u, v, squared=False)`` computing the learned distance.
+
+        The function is independent of the estimator (later refits do not change
+        it) and can be passed as ``metric`` to scikit-learn's neighbours
+        estimators.
+
+        Returns
+        -------
+        callable
+        """
+        check_is_fitted(self, "components_")
+        components_T = self.components_.T.copy()
+
+        def metric_fun(u, v, squared=False):
+            """Learned distance between two 1-D points (squared if ``squared``)."""
+            u = np.atleast_1d(np.asarray(u, dtype=np.float64).squeeze())
+            v = np.atleast_1d(np.asarray(v, dtype=np.float64).squeeze())
+            if u.ndim > 1 or v.ndim > 1:
+                raise ValueError("metric inputs must be 1-D vectors")
+            diff = (u - v) @ components_T
+            dist = float(diff @ diff)
+            return dist if squared else np.sqrt(dist)
+
+        return metric_fun
+
+
+class _PairsClassifierMixin(ClassifierMixin):
+    """Threshold-based classification of pairs into similar (+1) and dissimilar (-1)."""
+
+    classes_ = np.array([0, 1])
+
+    def decision_function(self, pairs):
+        """Opposite of the learned distance: high for similar pairs.
+
+        Parameters
+        ----------
+        pairs : array-like of shape (n_pairs, 2, n_features) or (n_pairs, 2)
+
+        Returns
+        -------
+        ndarray of shape (n_pairs,)
+        """
+        return self.pair_score(pairs)
+
+    def predict(self, pairs):
+        """Classify pairs: +1 if the distance is at most ``threshold_``, else -1.
+
+        Parameters
+        ----------
+        pairs : array-like of shape (n_pairs, 2, n_features) or (n_pairs, 2)
+
+        Returns
+        -------
+        ndarray of shape (n_pairs,)
+        """
+        check_is_fitted(self, "preprocessor_")
+        if "threshold_" not in vars(self):
+            raise AttributeError(
+                "A threshold for this estimator has not been set, call its "
+                "set_threshold or calibrate_threshold method."
+            )
+        return 2 * (-self.decision_function(pairs) <= self.threshold_) - 1
+
+    def score(self, pairs, y):
+        """ROC AUC of the decision function against the pair labels.
+
+        Parameters
+        ----------
+        pairs : array-like of shape (n_pairs, 2, n_features) or (n_pairs, 2)
+        y : array-like of shape (n_pairs,)
+            +1 for similar, -1 for dissimilar pairs.
+
+        Returns
+        -------
+        float
+        """
+        scores = self.decision_function(pairs)
+        y = check_pair_labels(y, scores.shape[0])
+        return roc_auc_score(y, scores)
+
+    def set_threshold(self, threshold):
+        """Set the distance threshold used by :meth:`predict`.
+
+        Parameters
+        ----------
+        threshold : float
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, "preprocessor_")
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Parameter threshold must be a real number. Got {type(threshold)} "
+                "instead."
+            ) from None
+        check_finite(np.asarray(value), "threshold")
+        self.threshold_ = value
+        return self
+
+    @staticmethod
+    def _validate_calibration_params(strategy="accuracy", min_rate=None, beta=1.0):
+        if strategy not in ("accuracy", "f_beta", "max_tpr", "max_tnr"):
+            raise ValueError(
+                'Strategy can either be "accuracy", "f_beta" or "max_tpr" or '
+                f'"max_tnr". Got "{strategy}" instead.'
+            )
+        if strategy in ("max_tpr", "max_tnr"):
+            if (min_rate is None or isinstance(min_rate, bool)
+                    or not isinstance(min_rate, int | float)
+                    or not 0 <= min_rate <= 1):
+                raise ValueError(
+                    f"Parameter min_rate must be a number in[0, 1]. Got {min_rate} "
+                    "instead."
+                )
+        if strategy == "f_beta":
+            if beta is None or not isinstance(beta, int | float):
+                raise ValueError(
+                    f"Parameter beta must be a real number. Got {type(beta)} instead."
+                )
+
+    def calibrate_threshold(self, pairs_valid, y_valid, strategy="accuracy",
+                            min_rate=None, beta=1.0):
+        """Choose ``threshold_`` to maximise a score on validation pairs.
+
+        Parameters
+        ----------
+        pairs_valid : array-like of shape (n_pairs, 2, n_features) or (n_pairs, 2)
+        y_valid : array-like of shape (n_pairs,)
+            +1 for similar, -1 for dissimilar pairs.
+        strategy : {'accuracy', 'f_beta', 'max_tpr', 'max_tnr'}
+            'accuracy' maximises accuracy; 'f_beta' the F-beta score; 'max_tpr'
+            the true positive rate with true negative rate >= ``min_rate``;
+            'max_tnr' the reverse.
+        min_rate : float in [0, 1] or None
+        beta : float
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, "preprocessor_")
+        self._validate_calibration_params(strategy, min_rate, beta)
+        scores = self.decision_function(pairs_valid)
+        y_valid = check_pair_labels(y_valid, scores.shape[0], "y_valid")
+        if strategy == "accuracy":
+            order = np.argsort(scores, kind="stable")[::-1]
+            scores_sorted = scores[order]
+            y_ordered = y_valid[order]
+            scores_sorted = np.concatenate([[scores_sorted[0] + 1], scores_sorted])
+            cum_tp = np.concatenate([[0.0], np.cumsum(y_ordered == 1, dtype=float)])
+            cum_tn = np.concatenate(
+                [[0.0], np.cumsum(y_ordered[::-1] == -1, dtype=float)])[::-1]
+            imax = int(np.argmax((cum_tp + cum_tn) / scores.shape[0]))
+            self.threshold_ = -float(scores_sorted[imax])
+            return self
+        if strategy == "f_beta":
+            precision, recall, thresholds = precision_recall_curve(
+                y_valid, scores, pos_label=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f_beta = ((1 + beta**2) * (precision * recall)
+                          / (beta**2 * precision + recall))
+            f_beta[np.isnan(f_beta)] = 0.0
+            imax = int(np.argmax(f_beta))
+            self.threshold_ = -float(thresholds[min(imax, thresholds.size - 1)])
+            return self
+        fpr, tpr, thresholds = roc_curve(y_valid, scores, pos_label=1)
+        if strategy == "max_tpr":
+            indices = np.where(1 - fpr >= min_rate)[0]
+            imax = indices[int(np.argmax(tpr[indices]))]
+        else:
+            indices = np.where(tpr >= min_rate)[0]
+            imax = indices[int(np.argmax(1 - fpr[indices]))]
+        thr = thresholds[imax]
+        if not np.isfinite(thr):  # roc_curve's "reject everything" point
+            thr = scores.max() + 1
+        self.threshold_ = -float(thr)
+        return self
