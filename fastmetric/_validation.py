@@ -283,11 +283,61 @@ def check_pair_labels(y, n_pairs, name="y"):
     return arr.astype(np.int8)
 
 
+def check_pair_scale(data, name="pairs", *, chunk=8192):
+    """Raise ``ValueError`` if squared pair distances would overflow or underflow.
+
+    Finite data can still break the kernels: they sum squared differences in
+    the data's dtype, so differences above about ``sqrt(max / (n_pairs d))``
+    overflow to infinity, and differences whose squares are subnormal lose
+    all precision (and the solvers then see a zero or singular S-matrix).
+    Both are a matter of units, so the message asks the user to rescale.
+    The check reads the differences in chunks (O(chunk x d) memory).
+
+    Parameters
+    ----------
+    data : PairData
+    name : str
+        Used in error messages.
+    chunk : int
+        Pairs per chunk.
+    """
+    X, i, j = data.X, data.i, data.j
+    info = np.finfo(X.dtype)
+    largest = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, data.n_pairs, chunk):
+            sl = slice(start, start + chunk)
+            # float64 differences: float32 data may not overflow here.
+            diff = X[i[sl]].astype(np.float64) - X[j[sl]]
+            largest = max(largest, float(np.max(np.abs(diff), initial=0.0)))
+    if largest == 0.0:
+        return  # all pairs identical: the solvers report that themselves
+    # Headroom of 1e-6 below the largest float leaves room for the scale of A.
+    upper = np.sqrt(float(info.max) * 1e-6 / (data.n_pairs * data.n_features))
+    # Squares below tiny / eps are subnormal or carry too few digits.
+    lower = np.sqrt(float(info.tiny) / float(info.eps))
+    if not largest <= upper:
+        raise ValueError(
+            f"{name} has differences up to {largest:.3g}: their squared distances "
+            f"overflow {X.dtype} (limit about {upper:.3g} for {data.n_pairs} pairs "
+            f"of {data.n_features} features); rescale the data"
+        )
+    if largest < lower:
+        raise ValueError(
+            f"{name} has differences of at most {largest:.3g}: their squares "
+            f"underflow {X.dtype} (need differences above {lower:.3g}); rescale "
+            "the data"
+        )
+
+
 def split_pairs(data, y):
     """Split validated pairs into similar (+1) and dissimilar (-1) sets.
 
-    Raises ``ValueError`` when either set is empty: MMC needs both.
+    Raises ``ValueError`` when either set is empty (MMC needs both), or when
+    the pairs' squared distances do not fit the data's dtype (see
+    :func:`check_pair_scale`); this is the last check before the solvers.
     """
+    check_pair_scale(data)
     sim = y == 1
     if not sim.any():
         raise ValueError("no similar pairs (label +1): MMC needs at least one")

@@ -80,19 +80,63 @@ class Constraints:
             b = np.where(r < start[c], r, r + size[c])
         return np.stack([sorted_idx[a], sorted_idx[b]], axis=1)
 
-    def _pairs(self, n_constraints, same_label, rng, max_rounds=10):
-        found = np.empty((0, 2), dtype=np.intp)
-        for _ in range(max_rounds):
-            need = n_constraints - found.shape[0]
-            if need <= 0:
-                break
-            drawn = self._draw(need, same_label, rng)
-            if drawn.shape[0] == 0:
-                break
-            allp = np.concatenate([found, drawn])
-            _, first = np.unique(allp, axis=0, return_index=True)
-            found = allp[np.sort(first)]
-        found = found[:n_constraints]
+    def _all_candidates(self, same_label):
+        """Every eligible ordered pair (class-sorted positions) and its probability.
+
+        The probability is the one :meth:`_draw` gives the pair: an anchor
+        uniform over the eligible points, then a partner uniform over its
+        candidates.  Only called when there are at most about twice as many
+        candidates as pairs requested, so memory stays O(n_constraints).
+        """
+        _, sorted_lab, uniq, start, size = self._groups()
+        n_known = sorted_lab.size
+        cls = np.searchsorted(uniq, sorted_lab)
+        if same_label:
+            n_partners = size[cls] - 1
+        else:
+            n_partners = n_known - size[cls]
+        anchors = np.flatnonzero(n_partners > 0)
+        a = np.repeat(anchors, n_partners[anchors])
+        # Partner rank among the anchor's candidates, 0 .. n_partners - 1.
+        first = np.cumsum(n_partners[anchors]) - n_partners[anchors]
+        r = np.arange(a.size) - np.repeat(first, n_partners[anchors])
+        c = cls[a]
+        if same_label:
+            b = start[c] + r + (r >= a - start[c])
+        else:
+            b = np.where(r < start[c], r, r + size[c])
+        prob = 1.0 / (anchors.size * n_partners[a])
+        return np.stack([a, b], axis=1), prob / prob.sum()
+
+    def _pairs(self, n_constraints, same_label, rng, max_rounds=64):
+        sorted_idx, sorted_lab, uniq, start, size = self._groups()
+        if same_label:
+            n_available = int(np.sum(size * (size - 1)))
+        else:
+            n_available = int(sorted_lab.size**2 - np.sum(size**2))
+        if 2 * n_constraints >= n_available:
+            # Few candidates: rejection sampling would keep redrawing pairs it
+            # already has (and could stop short), so enumerate them all and
+            # draw without replacement, weighting each pair as _draw would.
+            cand, prob = self._all_candidates(same_label)
+            take = min(n_constraints, n_available)
+            pick = rng.choice(n_available, size=take, replace=False, p=prob) \
+                if take else np.empty(0, dtype=np.intp)
+            found = sorted_idx[cand[pick]].reshape(-1, 2)
+        else:
+            # At least half of all candidates are still unused in every round,
+            # so each round keeps at least half its draws on average and
+            # max_rounds is never reached in practice.
+            found = np.empty((0, 2), dtype=np.intp)
+            for _ in range(max_rounds):
+                need = n_constraints - found.shape[0]
+                if need <= 0:
+                    break
+                drawn = self._draw(need, same_label, rng)
+                allp = np.concatenate([found, drawn])
+                _, first = np.unique(allp, axis=0, return_index=True)
+                found = allp[np.sort(first)]
+            found = found[:n_constraints]
         if found.shape[0] < n_constraints:
             kind = "positive" if same_label else "negative"
             warnings.warn(

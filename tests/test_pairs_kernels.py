@@ -1,0 +1,373 @@
+"""The Cython pair kernels (``fastmetric._pairs``) against plain NumPy references.
+
+Each reference is written from the formula in the kernel's docstring and runs in
+float64 on the same (already rounded) inputs, so the comparison measures only
+the kernel's own rounding.  Tolerances are relative to the *scale* of each
+result: the same formula evaluated on absolute values, which bounds the size of
+the terms that were summed.  Sizes straddle the kernels' block of 256 pairs.
+"""
+
+import numpy as np
+import pytest
+from scipy.optimize import check_grad
+
+from fastmetric import _pairs
+
+N_PAIRS = [0, 1, 255, 256, 257, 1000]
+DIMS = [1, 3, 40]
+DTYPES = [np.float32, np.float64]
+THREADS = [1, 2]
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def _case(n_pairs, d, dtype, seed=0, n_points=60):
+    """Data, index arrays (some pairs with i == j) and a PSD matrix, in ``dtype``."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_points, d)).astype(dtype)
+    i = rng.integers(0, n_points, size=n_pairs).astype(np.intp)
+    j = rng.integers(0, n_points, size=n_pairs).astype(np.intp)
+    j[::7] = i[::7]  # zero-distance pairs are legal input
+    L = rng.normal(size=(d, d))
+    A = (L @ L.T / d + 0.1 * np.eye(d)).astype(dtype)
+    return X, i, j, A
+
+
+def _diffs(X, i, j):
+    return X[i].astype(np.float64) - X[j].astype(np.float64)
+
+
+def _assert_close(actual, expected, scale, dtype, factor=1.0):
+    """``|actual - expected| <= rtol * scale`` elementwise (``scale`` >= |terms|)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape
+    assert np.all(np.isfinite(actual))
+    tol = factor * RTOL[dtype] * np.asarray(scale, dtype=np.float64)
+    # A tiny absolute floor so that exact zeros compare equal to exact zeros.
+    tol = tol + np.finfo(dtype).tiny
+    err = np.abs(actual - expected)
+    assert np.all(err <= tol), f"max error {err.max()} vs tolerance {tol.max()}"
+
+
+# ---------------------------------------------------------------------------
+# NumPy references (float64), written from the kernels' docstrings.
+# ---------------------------------------------------------------------------
+
+
+def ref_pair_sq_dists(X, i, j, A):
+    D = _diffs(X, i, j)
+    A = A.astype(np.float64)
+    q = np.einsum("pk,kl,pl->p", D, A, D)
+    scale = np.einsum("pk,kl,pl->p", np.abs(D), np.abs(A), np.abs(D))
+    return np.maximum(q, 0.0), scale
+
+
+def ref_pair_sq_dists_diag(X, i, j, w):
+    D = _diffs(X, i, j)
+    out = (D * D) @ w.astype(np.float64)
+    return out, out  # all terms are non-negative: the result is its own scale
+
+
+def ref_weighted_outer_sum(X, i, j, weights):
+    D = _diffs(X, i, j)
+    wts = np.ones(i.shape[0]) if weights.size == 0 else weights.astype(np.float64)
+    out = D.T @ (wts[:, None] * D)
+    scale = np.abs(D).T @ (wts[:, None] * np.abs(D))
+    return out, scale
+
+
+def ref_sqrt_dist_sum_grad(X, i, j, A, eps):
+    q, _ = ref_pair_sq_dists(X, i, j, A)
+    dist = np.sqrt(q)
+    D = _diffs(X, i, j)
+    denom = dist + eps
+    coef = np.where(denom > 0, 0.5 / np.where(denom > 0, denom, 1.0), 0.0)
+    grad = D.T @ (coef[:, None] * D)
+    grad_scale = np.abs(D).T @ (coef[:, None] * np.abs(D))
+    return dist.sum(), grad, grad_scale
+
+
+def ref_diag_sqrt_dist_derivs(X, i, j, w):
+    U = _diffs(X, i, j) ** 2
+    dist = np.sqrt(U @ w.astype(np.float64))
+    pos = dist > 0
+    safe = np.where(pos, dist, 1.0)
+    g_coef = np.where(pos, 0.5 / safe, 0.0)
+    h_coef = np.where(pos, 0.25 / safe**3, 0.0)
+    grad = U.T @ g_coef
+    hess = U.T @ (h_coef[:, None] * U)
+    return dist.sum(), grad, hess
+
+
+def ref_sq_diff_sum(X, i, j):
+    return np.sum(_diffs(X, i, j) ** 2, axis=0)
+
+
+# ---------------------------------------------------------------------------
+# Kernel versus reference.
+# ---------------------------------------------------------------------------
+
+grid = pytest.mark.parametrize("n_pairs", N_PAIRS)
+dims = pytest.mark.parametrize("d", DIMS)
+dtypes = pytest.mark.parametrize("dtype", DTYPES)
+threads = pytest.mark.parametrize("num_threads", THREADS)
+
+
+@grid
+@dims
+@dtypes
+@threads
+def test_pair_sq_dists(n_pairs, d, dtype, num_threads):
+    X, i, j, A = _case(n_pairs, d, dtype)
+    out = np.full(n_pairs, np.nan, dtype=dtype)
+    _pairs.pair_sq_dists(X, i, j, A, out, num_threads)
+    expected, scale = ref_pair_sq_dists(X, i, j, A)
+    _assert_close(out, expected, scale, dtype)
+    assert np.all(out[i == j] == 0)
+
+
+def test_pair_sq_dists_clamps_rounding_below_zero():
+    # A rank-one PSD matrix and differences in its null space: the exact value
+    # is 0, and rounding must not make it negative.
+    rng = np.random.default_rng(1)
+    v = np.array([1.0, 1.0, 1.0]) / np.sqrt(3.0)
+    A = np.ascontiguousarray(np.outer(v, v))
+    base = rng.normal(size=(300, 3))
+    # Differences orthogonal to v: random vectors minus their component along v.
+    step = rng.normal(size=(300, 3))
+    step -= np.outer(step @ v, v)
+    X = np.ascontiguousarray(np.vstack([base, base + step]))
+    i = np.arange(300, dtype=np.intp)
+    j = i + 300
+    out = np.empty(300)
+    _pairs.pair_sq_dists(X, i, j, A, out, 2)
+    assert np.all(out >= 0)
+    assert np.all(out <= 1e-12 * np.sum(step**2, axis=1))
+
+
+@grid
+@dims
+@dtypes
+@threads
+def test_pair_sq_dists_diag(n_pairs, d, dtype, num_threads):
+    X, i, j, _ = _case(n_pairs, d, dtype)
+    w = np.random.default_rng(2).uniform(0, 2, size=d).astype(dtype)
+    w[::3] = 0  # zero weights are allowed
+    out = np.full(n_pairs, np.nan, dtype=dtype)
+    _pairs.pair_sq_dists_diag(X, i, j, w, out, num_threads)
+    expected, scale = ref_pair_sq_dists_diag(X, i, j, w)
+    _assert_close(out, expected, scale, dtype)
+
+
+@grid
+@dims
+@dtypes
+@threads
+@pytest.mark.parametrize("weighted", [True, False])
+def test_weighted_outer_sum(n_pairs, d, dtype, num_threads, weighted):
+    X, i, j, _ = _case(n_pairs, d, dtype)
+    if weighted:
+        weights = np.random.default_rng(3).uniform(0, 3, size=n_pairs).astype(dtype)
+        weights[::5] = 0
+    else:
+        weights = np.empty(0, dtype=dtype)  # "all ones"
+    out = np.full((d, d), np.nan, dtype=dtype)
+    _pairs.weighted_outer_sum(X, i, j, weights, out, num_threads)
+    expected, scale = ref_weighted_outer_sum(X, i, j, weights)
+    _assert_close(out, expected, scale, dtype)
+    assert np.array_equal(out, out.T)
+
+
+@grid
+@dims
+@dtypes
+@threads
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_sqrt_dist_sum_grad(n_pairs, d, dtype, num_threads, eps):
+    X, i, j, A = _case(n_pairs, d, dtype)
+    grad = np.full((d, d), np.nan, dtype=dtype)
+    f = _pairs.sqrt_dist_sum_grad(X, i, j, A, grad, eps, num_threads)
+    f_ref, grad_ref, grad_scale = ref_sqrt_dist_sum_grad(X, i, j, A, eps)
+    assert np.isfinite(f)
+    # sqrt halves relative errors, so the sum's scale is the sum itself; the
+    # gradient's 1/dist weights pass relative errors of dist straight through.
+    _assert_close(f, f_ref, f_ref, dtype)
+    _assert_close(grad, grad_ref, grad_scale, dtype, factor=2.0)
+    assert np.array_equal(grad, grad.T)
+
+
+@dtypes
+@threads
+@pytest.mark.parametrize("n_pairs", [1, 257])
+def test_sqrt_dist_sum_grad_zero_distance_pairs_contribute_nothing(
+    dtype, num_threads, n_pairs
+):
+    X, i, _, A = _case(n_pairs, 3, dtype)
+    grad = np.full((3, 3), np.nan, dtype=dtype)
+    f = _pairs.sqrt_dist_sum_grad(X, i, i.copy(), A, grad, 0.0, num_threads)
+    assert f == 0.0
+    assert np.all(grad == 0)
+
+    # Mixing in i == j pairs changes neither f nor the gradient of the others.
+    X, i, j, A = _case(n_pairs, 3, dtype, seed=5)
+    keep = i != j
+    g_all = np.empty((3, 3), dtype=dtype)
+    g_kept = np.empty((3, 3), dtype=dtype)
+    f_all = _pairs.sqrt_dist_sum_grad(X, i, j, A, g_all, 0.0, num_threads)
+    f_kept = _pairs.sqrt_dist_sum_grad(
+        X, np.ascontiguousarray(i[keep]), np.ascontiguousarray(j[keep]), A, g_kept,
+        0.0, num_threads)
+    assert np.all(np.isfinite(g_all))
+    _assert_close(f_all, f_kept, abs(f_kept), dtype)
+    _assert_close(g_all, g_kept, np.abs(g_kept).max(), dtype)
+
+
+@grid
+@dims
+@dtypes
+@threads
+def test_diag_sqrt_dist_derivs(n_pairs, d, dtype, num_threads):
+    X, i, j, _ = _case(n_pairs, d, dtype)
+    w = np.random.default_rng(4).uniform(0.1, 2, size=d).astype(dtype)
+    if d > 1:
+        w[0] = 0  # a zero weight: still no pair at zero distance unless i == j
+    grad = np.full(d, np.nan, dtype=dtype)
+    hess = np.full((d, d), np.nan, dtype=dtype)
+    f = _pairs.diag_sqrt_dist_derivs(X, i, j, w, grad, hess, num_threads)
+    f_ref, grad_ref, hess_ref = ref_diag_sqrt_dist_derivs(X, i, j, w)
+    # Every term is non-negative, so each result is its own scale; the 1/dist^3
+    # weights of the Hessian amplify dist's relative error threefold.
+    _assert_close(f, f_ref, f_ref, dtype)
+    _assert_close(grad, grad_ref, grad_ref, dtype, factor=2.0)
+    _assert_close(hess, hess_ref, hess_ref, dtype, factor=4.0)
+    assert np.array_equal(hess, hess.T)
+
+
+@dtypes
+def test_diag_sqrt_dist_derivs_zero_distance(dtype):
+    # Pairs that differ only in zero-weighted features sit at distance 0: they
+    # must add nothing (and no NaN) to the derivatives.
+    X = np.array([[0.0, 0.0], [0.0, 5.0], [1.0, 0.0]], dtype=dtype)
+    i = np.array([0, 0, 1], dtype=np.intp)
+    j = np.array([1, 0, 1], dtype=np.intp)
+    w = np.array([1.0, 0.0], dtype=dtype)
+    grad = np.empty(2, dtype=dtype)
+    hess = np.empty((2, 2), dtype=dtype)
+    f = _pairs.diag_sqrt_dist_derivs(X, i, j, w, grad, hess, 1)
+    assert f == 0.0
+    assert np.all(grad == 0) and np.all(hess == 0)
+
+
+@grid
+@dims
+@dtypes
+def test_sq_diff_sum(n_pairs, d, dtype):
+    X, i, j, _ = _case(n_pairs, d, dtype)
+    out = np.full(d, np.nan, dtype=dtype)
+    _pairs.sq_diff_sum(X, i, j, out)
+    expected = ref_sq_diff_sum(X, i, j)
+    _assert_close(out, expected, expected, dtype)
+
+
+# ---------------------------------------------------------------------------
+# One thread equals two threads (to rounding: the split of the sums differs).
+# ---------------------------------------------------------------------------
+
+
+def _run_all(X, i, j, A, w, weights, num_threads):
+    n, d = i.shape[0], X.shape[1]
+    dt = X.dtype
+    res = {}
+    res["sq"] = np.empty(n, dt)
+    _pairs.pair_sq_dists(X, i, j, A, res["sq"], num_threads)
+    res["sq_diag"] = np.empty(n, dt)
+    _pairs.pair_sq_dists_diag(X, i, j, w, res["sq_diag"], num_threads)
+    res["outer"] = np.empty((d, d), dt)
+    _pairs.weighted_outer_sum(X, i, j, weights, res["outer"], num_threads)
+    res["grad"] = np.empty((d, d), dt)
+    res["f"] = _pairs.sqrt_dist_sum_grad(X, i, j, A, res["grad"], 0.0, num_threads)
+    res["dgrad"] = np.empty(d, dt)
+    res["dhess"] = np.empty((d, d), dt)
+    res["df"] = _pairs.diag_sqrt_dist_derivs(X, i, j, w, res["dgrad"], res["dhess"],
+                                             num_threads)
+    return res
+
+
+@dtypes
+@pytest.mark.parametrize("n_pairs", [257, 1000, 3000])
+def test_one_thread_equals_two_threads(dtype, n_pairs):
+    X, i, j, A = _case(n_pairs, 7, dtype, seed=11)
+    rng = np.random.default_rng(12)
+    w = rng.uniform(0.1, 1, size=7).astype(dtype)
+    weights = rng.uniform(0, 1, size=n_pairs).astype(dtype)
+    one = _run_all(X, i, j, A, w, weights, 1)
+    two = _run_all(X, i, j, A, w, weights, 2)
+    # Per-pair outputs come from the same block computation whatever the thread.
+    np.testing.assert_allclose(one["sq"], two["sq"], rtol=RTOL[dtype] / 10)
+    np.testing.assert_allclose(one["sq_diag"], two["sq_diag"], rtol=RTOL[dtype] / 10)
+    for key in ("outer", "grad", "f", "dgrad", "dhess", "df"):
+        a, b = np.asarray(one[key], float), np.asarray(two[key], float)
+        np.testing.assert_allclose(a, b, rtol=0, atol=RTOL[dtype] * np.abs(a).max(),
+                                   err_msg=key)
+
+
+# ---------------------------------------------------------------------------
+# Finite-difference checks of the derivatives.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d", [1, 4])
+def test_sqrt_dist_sum_grad_matches_finite_differences(d):
+    rng = np.random.default_rng(20)
+    X = rng.normal(size=(80, d))
+    i = rng.integers(0, 80, size=300).astype(np.intp)
+    j = (i + rng.integers(1, 80, size=300)) % 80  # no i == j pairs
+    j = j.astype(np.intp)
+    L = rng.normal(size=(d, d))
+    A0 = L @ L.T + 0.5 * np.eye(d)
+
+    def f(a_flat):
+        g = np.empty((d, d))
+        return _pairs.sqrt_dist_sum_grad(X, i, j, a_flat.reshape(d, d).copy(), g,
+                                         0.0, 1)
+
+    def grad(a_flat):
+        g = np.empty((d, d))
+        _pairs.sqrt_dist_sum_grad(X, i, j, a_flat.reshape(d, d).copy(), g, 0.0, 1)
+        return g.ravel()
+
+    g0 = grad(A0.ravel())
+    # Each entry of A is an independent variable: the quadratic form depends on
+    # A[k, l] through D_k D_l, which is exactly the kernel's D D^T gradient.
+    err = check_grad(f, grad, A0.ravel(), epsilon=1e-6)
+    assert err <= 1e-5 * np.linalg.norm(g0)
+
+
+@pytest.mark.parametrize("d", [1, 5])
+def test_diag_sqrt_dist_derivs_match_finite_differences(d):
+    rng = np.random.default_rng(21)
+    X = rng.normal(size=(70, d))
+    i = rng.integers(0, 70, size=400).astype(np.intp)
+    j = ((i + rng.integers(1, 70, size=400)) % 70).astype(np.intp)
+    w0 = rng.uniform(0.5, 2.0, size=d)
+
+    def evaluate(w):
+        g = np.empty(d)
+        h = np.empty((d, d))
+        f = _pairs.diag_sqrt_dist_derivs(X, i, j, np.ascontiguousarray(w), g, h, 1)
+        return f, g, h
+
+    f0, g0, h0 = evaluate(w0)
+    err = check_grad(lambda w: evaluate(w)[0], lambda w: evaluate(w)[1], w0,
+                     epsilon=1e-6)
+    assert err <= 1e-6 * np.linalg.norm(g0)
+
+    # hess is minus the Hessian: central differences of the gradient.
+    step = 1e-5
+    fd_hess = np.empty((d, d))
+    for k in range(d):
+        e = np.zeros(d)
+        e[k] = step
+        fd_hess[:, k] = (evaluate(w0 + e)[1] - evaluate(w0 - e)[1]) / (2 * step)
+    np.testing.assert_allclose(h0, -fd_hess, rtol=1e-6,
+                               atol=1e-6 * np.abs(h0).max())
