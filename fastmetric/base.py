@@ -12,11 +12,11 @@ import warnings
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils import TransformerTags
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._mmc_common import pair_sq_distances
 from ._validation import (
-    check_data,
     check_finite,
     check_indices,
     check_pair_labels,
@@ -124,6 +124,33 @@ class MahalanobisMixin(BaseEstimator):
         )
         return self.pair_distance(pairs)
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # transform keeps float32 input in float32 (components_ are cast to it).
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float64", "float32"])
+        return tags
+
+    def _validate_points(self, X, *, reset, y="no_validation", min_samples=1):
+        """Points for ``fit`` / ``transform``, validated the scikit-learn way.
+
+        With a preprocessor, a 1D ``X`` holds indices (array preprocessor) or
+        keys (callable preprocessor) and is turned into points first.  The points
+        then go through :func:`sklearn.utils.validation.validate_data`, which sets
+        (``reset=True``) or checks ``n_features_in_`` and ``feature_names_in_``
+        and gives scikit-learn's error messages for 1D, empty, sparse, complex
+        or non-finite input.  Returns a C-contiguous float32/float64 array (and
+        ``y`` when given).
+        """
+        pre = self.preprocessor_
+        arr = X if hasattr(X, "toarray") or hasattr(X, "iloc") else np.asarray(X)
+        if pre is not None and getattr(arr, "ndim", 2) == 1:
+            if hasattr(pre, "X"):
+                X = pre.X[check_indices(arr, pre.X.shape[0], "X")]
+            else:
+                X = pre(arr)
+        return validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32],
+                             order="C", ensure_min_samples=min_samples)
+
     def transform(self, X):
         """Embed points in the learned space: ``X @ components_.T``.
 
@@ -135,21 +162,10 @@ class MahalanobisMixin(BaseEstimator):
         Returns
         -------
         ndarray of shape (n_samples, n_components)
+            In X's dtype (float32 is kept).
         """
         check_is_fitted(self, ["preprocessor_", "components_"])
-        arr = np.asarray(X) if not hasattr(X, "toarray") else X
-        pre = self.preprocessor_
-        if getattr(arr, "ndim", 2) == 1 and pre is not None:
-            if hasattr(pre, "X"):
-                X = pre.X[check_indices(arr, pre.X.shape[0], "X")]
-            else:
-                X = pre(arr)
-        X = check_data(X, "X")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but {type(self).__name__} was fitted "
-                f"with {self.n_features_in_} features"
-            )
+        X = self._validate_points(X, reset=False)
         return X @ self.components_.T.astype(X.dtype, copy=False)
 
     def get_mahalanobis_matrix(self):
@@ -192,7 +208,16 @@ class MahalanobisMixin(BaseEstimator):
 class _PairsClassifierMixin(ClassifierMixin):
     """Threshold-based classification of pairs into similar (+1) and dissimilar (-1)."""
 
-    classes_ = np.array([0, 1])
+    # The labels predict returns (metric-learn 0.7.0 has [0, 1] here, which does
+    # not match its own predict output).
+    classes_ = np.array([-1, 1])
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Input is formed pairs (3D), or 2D index pairs with a preprocessor.
+        tags.input_tags.three_d_array = True
+        tags.classifier_tags.multi_class = False
+        return tags
 
     def decision_function(self, pairs):
         """Opposite of the learned distance: high for similar pairs.

@@ -54,14 +54,15 @@ def demo(args):
     model.fit(X, y)
     elapsed = time.perf_counter() - start
     A = model.get_mahalanobis_matrix()
-    np.set_printoptions(precision=3, suppress=True, linewidth=120)
     kind = "diagonal" if args.diagonal else "full"
     print(f"MMC ({kind}) on {args.dataset}: {X.shape[0]} points, {X.shape[1]} "
           f"features, {args.n_constraints} similar + dissimilar pairs")
     print(f"fitted in {elapsed:.3f} s, {model.n_iter_} iterations, "
           f"converged={model.converged_}")
     print("learned Mahalanobis matrix A (scaled to max |A| = 1):")
-    print(A / np.abs(A).max())
+    # Local print options: the demo must not change NumPy's global state.
+    with np.printoptions(precision=3, suppress=True, linewidth=120):
+        print(A / np.abs(A).max())
     ari_euclid = _kmeans_ari(X, y, args.seed)
     ari_learned = _kmeans_ari(model.transform(X), y, args.seed)
     print(f"K-means adjusted Rand index: Euclidean {ari_euclid:.3f}, "

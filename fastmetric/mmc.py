@@ -18,8 +18,6 @@ from ._mmc_gaip import solve_ga_ip
 from ._threads import kernel_threads, resolve_n_jobs
 from ._validation import (
     PairData,
-    check_data,
-    check_indices,
     check_init_matrix,
     check_pair_labels,
     check_pairs,
@@ -198,7 +196,7 @@ _DIAG_NOTE = """
 """
 
 
-class MMC(_BaseMMC, _PairsClassifierMixin):
+class MMC(_PairsClassifierMixin, _BaseMMC):
     __doc__ = (
         """Mahalanobis Metric for Clustering, learned from labelled pairs.
 
@@ -253,7 +251,7 @@ class MMC(_BaseMMC, _PairsClassifierMixin):
         return self
 
 
-class MMC_Supervised(_BaseMMC, TransformerMixin):
+class MMC_Supervised(TransformerMixin, _BaseMMC):
     __doc__ = (
         """MMC learned from class labels: pairs are drawn from the labels, then MMC.
 
@@ -302,6 +300,13 @@ class MMC_Supervised(_BaseMMC, TransformerMixin):
         self.n_constraints = n_constraints
         self.num_constraints = num_constraints
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        # TransformerMixin resets the transformer tags set by MahalanobisMixin.
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
     def fit(self, X, y):
         """Draw pairs from the labels and learn the metric.
 
@@ -317,20 +322,7 @@ class MMC_Supervised(_BaseMMC, TransformerMixin):
         self
         """
         self._check_preprocessor()
-        arr = np.asarray(X) if not hasattr(X, "toarray") else X
-        pre = self.preprocessor_
-        if getattr(arr, "ndim", 2) == 1 and pre is not None:
-            X = pre.X[check_indices(arr, pre.X.shape[0], "X")] if hasattr(pre, "X") \
-                else pre(arr)
-        X = check_data(X, "X", min_samples=2)
-        if y is None:
-            raise ValueError("y is required: MMC_Supervised learns from class labels")
-        y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != X.shape[0]:
-            raise ValueError(f"y must be 1D with one label per sample ({X.shape[0]}), "
-                             f"got shape {y.shape}")
-        if y.dtype.kind == "f" and not np.isfinite(y).all():
-            raise ValueError("y contains NaN or infinity")
+        X, y = self._validate_points(X, reset=True, y=y, min_samples=2)
         n_constraints = self.n_constraints
         if not (isinstance(self.num_constraints, str)
                 and self.num_constraints == "deprecated"):
