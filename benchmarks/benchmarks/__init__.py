@@ -1,0 +1,1 @@
+"""airspeed velocity benchmarks for fastmetric (see ``benchmarks/README.md``)."""
