@@ -1,5 +1,9 @@
 """Shared pieces of the MMC solvers: the result type and the kernel front-ends.
 
+Each front-end picks the kernel's thread count from the work of the call
+(:func:`fastmetric._threads.threads_for`) and runs it with BLAS limited to one
+thread (a no-op inside an estimator's fit, which holds that limit throughout).
+
 The front-ends call the compiled pair kernels (``fastmetric._pairs``) and
 LAPACK (``fastmetric._linalg``) on validated :class:`PairData`; the data's dtype
 (float32 or float64) is kept for the per-pair work and the O(d^2) results come
@@ -13,6 +17,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from . import _linalg, _pairs
+from ._threads import kernel_threads, threads_for
 
 
 @dataclass
@@ -52,8 +57,10 @@ def s_matrix(pairs, n_threads=1):
     """``sum_p (x_i - x_j)(x_i - x_j)^T`` over the pairs, as float64 (d, d)."""
     d = pairs.n_features
     out = np.empty((d, d), dtype=pairs.X.dtype)
-    _pairs.weighted_outer_sum(pairs.X, pairs.i, pairs.j,
-                              np.empty(0, dtype=pairs.X.dtype), out, n_threads)
+    nt = threads_for(n_threads, 2.0 * pairs.n_pairs * d * d)
+    with kernel_threads(nt):
+        _pairs.weighted_outer_sum(pairs.X, pairs.i, pairs.j,
+                                  np.empty(0, dtype=pairs.X.dtype), out, nt)
     return out.astype(np.float64)
 
 
@@ -66,18 +73,41 @@ def dist_sum_and_grad(pairs, A, eps=0.0, n_threads=1):
     d = pairs.n_features
     dtype = pairs.X.dtype
     grad = np.empty((d, d), dtype=dtype)
-    f = _pairs.sqrt_dist_sum_grad(pairs.X, pairs.i, pairs.j,
-                                  np.ascontiguousarray(A, dtype=dtype), grad,
-                                  float(eps), n_threads)
+    A = np.ascontiguousarray(A, dtype=dtype)
+    nt = threads_for(n_threads, 4.0 * pairs.n_pairs * d * d)
+    with kernel_threads(nt):
+        f = _pairs.sqrt_dist_sum_grad(pairs.X, pairs.i, pairs.j, A, grad,
+                                      float(eps), nt)
     return f, grad.astype(np.float64)
 
 
 def pair_sq_distances(pairs, A, n_threads=1):
     """Squared Mahalanobis distance of every pair (in the data's dtype)."""
     out = np.empty(pairs.n_pairs, dtype=pairs.X.dtype)
-    _pairs.pair_sq_dists(pairs.X, pairs.i, pairs.j,
-                         np.ascontiguousarray(A, dtype=pairs.X.dtype), out, n_threads)
+    A = np.ascontiguousarray(A, dtype=pairs.X.dtype)
+    nt = threads_for(n_threads, 2.0 * pairs.n_pairs * pairs.n_features**2)
+    with kernel_threads(nt):
+        _pairs.pair_sq_dists(pairs.X, pairs.i, pairs.j, A, out, nt)
     return out
+
+
+def diag_dist_sum(pairs, w, n_threads=1):
+    """``sum_p sqrt(sum_k w_k (x_ik - x_jk)^2)``: the value-only diagonal pass."""
+    out = np.empty(pairs.n_pairs, dtype=pairs.X.dtype)
+    w = np.ascontiguousarray(w, dtype=pairs.X.dtype)
+    nt = threads_for(n_threads, 3.0 * pairs.n_pairs * pairs.n_features)
+    with kernel_threads(nt):
+        _pairs.pair_sq_dists_diag(pairs.X, pairs.i, pairs.j, w, out, nt)
+    return float(np.sqrt(np.maximum(out, 0), dtype=np.float64).sum())
+
+
+def tolerance_floor(dtype):
+    """Smallest relative optimality target a solver should aim for in ``dtype``.
+
+    Sums over many pairs carry relative rounding of a few hundred ulp, so
+    targets below that cannot be reached; float64 gets 1e-8, float32 1e-6.
+    """
+    return 1e-8 if np.dtype(dtype) == np.float64 else 1e-6
 
 
 def mmc_objective(similar, dissimilar, A, n_threads=1):
@@ -122,7 +152,10 @@ def _project_capped_simplex(lam):
     u = np.sort(lam)[::-1]
     css = np.cumsum(u) - 1.0
     k = np.arange(1, u.size + 1)
-    rho = np.nonzero(u - css / k > 0)[0][-1]
+    # k = 1 always qualifies in exact arithmetic; rounding can lose it when the
+    # leading eigenvalue is huge, so fall back to it.
+    hits = np.nonzero(u - css / k > 0)[0]
+    rho = hits[-1] if hits.size else 0
     theta = css[rho] / (rho + 1)
     return np.maximum(lam - theta, 0.0)
 

@@ -8,7 +8,13 @@ import warnings
 import numpy as np
 
 from . import _pairs
-from ._mmc_common import MMCResult, _warn_not_converged
+from ._mmc_common import (
+    MMCResult,
+    _warn_not_converged,
+    diag_dist_sum,
+    tolerance_floor,
+)
+from ._threads import kernel_threads, threads_for
 
 
 def diagonal_objective(s_sum, dissimilar, w, c=1.0, n_threads=1):
@@ -31,9 +37,11 @@ def diagonal_objective(s_sum, dissimilar, w, c=1.0, n_threads=1):
     dtype = dissimilar.X.dtype
     gF = np.empty(d, dtype=dtype)
     hF = np.empty((d, d), dtype=dtype)
-    f = _pairs.diag_sqrt_dist_derivs(dissimilar.X, dissimilar.i, dissimilar.j,
-                                     np.ascontiguousarray(w, dtype=dtype), gF, hF,
-                                     n_threads)
+    w = np.ascontiguousarray(w, dtype=dtype)
+    nt = threads_for(n_threads, 2.0 * dissimilar.n_pairs * d * d)
+    with kernel_threads(nt):
+        f = _pairs.diag_sqrt_dist_derivs(dissimilar.X, dissimilar.i, dissimilar.j,
+                                         w, gF, hF, nt)
     if not f > 0:
         return np.inf, np.full(d, np.nan), np.full((d, d), np.nan)
     gF = gF.astype(np.float64)
@@ -53,8 +61,12 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
     gradient pushing outward) and a free set, takes a Newton step on the free
     set and a scaled gradient step on the active set, and backtracks along the
     projection arc (Bertsekas, 1982) until the objective decreases.  It stops
-    when the KKT conditions hold to ``1e-6 * tol`` relative: ``|grad_k| <=
-    eps s_k`` where ``w_k > 0`` and ``grad_k >= -eps s_k`` where ``w_k = 0``.
+    when the KKT conditions hold to ``eps = 1e-5 * tol`` (clipped to [1e-8,
+    1e-3]; at least 1e-4 for float32 data) relative: ``|grad_k| <= eps s_k``
+    where ``w_k > 0`` and ``grad_k >= -eps s_k`` where ``w_k = 0``.  The
+    starting weights are first rescaled by the best positive factor (g is
+    minimised along the ray in closed form), which fixes the scale of the
+    result independently of init.
 
     Parameters
     ----------
@@ -76,7 +88,8 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
     """
     d = similar.n_features
     s_sum = np.empty(d, dtype=similar.X.dtype)
-    _pairs.sq_diff_sum(similar.X, similar.i, similar.j, s_sum)
+    with kernel_threads(1):
+        _pairs.sq_diff_sum(similar.X, similar.i, similar.j, s_sum)
     s_sum = s_sum.astype(np.float64)
     if not s_sum.max() > 0:
         raise ValueError("every similar pair has zero difference; the diagonal MMC "
@@ -92,11 +105,17 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
         )
         s_sum = np.maximum(s_sum, floor)
     w = np.maximum(np.asarray(w0, dtype=np.float64), 0.0)
+    if not s_sum @ w > 0:
+        raise ValueError("the initial weights give every similar pair zero distance; "
+                         "use another init")
+    # g(a w) = a s.w - c log(sqrt(a) f(w)) is minimised over a > 0 at
+    # a = c / (2 s.w): start from the best multiple of the initial weights.
+    w *= c / (2.0 * float(s_sum @ w))
     g, grad, hess = diagonal_objective(s_sum, dissimilar, w, c, n_threads)
     if not np.isfinite(g):
         raise ValueError("every dissimilar pair has zero distance under the initial "
                          "weights; MMC needs dissimilar pairs that differ")
-    eps = 1e-6 * tol
+    eps = min(max(1e-5 * tol, tolerance_floor(dissimilar.X.dtype)), 1e-3)
     history = []
     converged = False
     n_iter = 0
@@ -109,6 +128,8 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
 
     viol = kkt(w, grad)
     converged = viol <= eps
+    stalled = 0
+    stopped = False
     while not converged and n_iter < max_iter:
         n_iter += 1
         pg = w - np.maximum(w - grad / np.maximum(np.diag(hess), 1e-300), 0.0)
@@ -125,20 +146,29 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
             except np.linalg.LinAlgError:
                 direction[free] = -grad[free] / np.maximum(np.diag(Hff), 1e-300)
         direction[active] = -grad[active] / np.maximum(np.diag(hess)[active], 1e-300)
+        # Backtracking on the value alone (one cheap pass per trial).  Near the
+        # optimum the predicted decrease falls below g's rounding; a step that
+        # does not raise g beyond rounding is then accepted, so Newton can
+        # finish instead of stalling.
+        rounding = 64 * np.finfo(dissimilar.X.dtype).eps * (abs(g) + 1.0)
         step = 1.0
         while True:
             w_new = np.maximum(w + step * direction, 0.0)
-            g_new, grad_new, hess_new = diagonal_objective(s_sum, dissimilar, w_new,
-                                                           c, n_threads)
+            f_new = diag_dist_sum(dissimilar, w_new, n_threads)
+            g_new = float(s_sum @ w_new) - c * np.log(f_new) if f_new > 0 else np.inf
             decrease = float(grad @ (w - w_new))
-            if np.isfinite(g_new) and g_new <= g - 1e-4 * max(decrease, 0.0):
+            if np.isfinite(g_new) and g_new <= g - 1e-4 * max(decrease, 0.0) + rounding:
                 break
             step *= 0.5
             if step < 1e-14:
-                w_new, g_new, grad_new, hess_new = w, g, grad, hess
+                w_new = None
                 break
-        stalled = w_new is w
-        w, g, grad, hess = w_new, g_new, grad_new, hess_new
+        if w_new is None:
+            stalled += 1
+        else:
+            stalled = 0
+            g, grad, hess = diagonal_objective(s_sum, dissimilar, w_new, c, n_threads)
+            w = w_new
         history.append(g)
         viol = kkt(w, grad)
         converged = viol <= eps
@@ -146,11 +176,11 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
             print(f"mmc diagonal iter {n_iter}: objective = {g:.12g}, "
                   f"KKT violation = {viol:.3e}")
         if callback is not None and callback(np.diag(w), n_iter):
+            stopped = True
             break
-        if stalled:
-            converged = viol <= max(eps, 1e-9)
+        if stalled >= 2:
             break
-    if not converged:
+    if not converged and not stopped:
         _warn_not_converged("MMC (diagonal)", n_iter, f"KKT violation {viol:.2e}")
     return MMCResult(A=np.diag(w), n_iter=n_iter, converged=converged, objective=g,
                      history=history)

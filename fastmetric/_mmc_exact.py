@@ -20,6 +20,7 @@ from ._mmc_common import (
     mmc_objective,
     pair_sq_distances,
     s_matrix,
+    tolerance_floor,
 )
 
 
@@ -85,58 +86,74 @@ def _gap(f, G, B):
         f, np.finfo(float).tiny)
 
 
-def _dual_gap(prob, B, f, G, max_subset=4096, n_floors=48):
+def _dual_gap(prob, B, f, G, target=0.0, max_subset=4096, n_floors=12):
     """Certified relative duality gap ``(U - f) / f`` with ``U >= f*``.
 
     For any ``t_p > 0``, ``sqrt(a) <= t_p / 2 + a / (2 t_p)``, so
     ``f* <= sum_p t_p / 2 + lambda_max(sum_p z_p z_p^T / (2 t_p))`` (maximising
     the linear term over the spectraplex).  ``t_p = dist_p`` gives the
-    Frank-Wolfe bound; raising the smallest distances to a floor ``tau``
-    removes the near-collapsed pairs' blow-up, and minimising over a grid of
-    floors gives a bound that is tight at the optimum.  Pairs of identical
-    points (``z_p = 0``) contribute nothing and are ignored.  The grid's
-    corrections are prefix sums over the pairs sorted by distance, so the
-    whole grid costs one O(k d^2) pass plus one eigenvalue per floor.
+    Frank-Wolfe bound, valid when no pair sits at zero distance; raising the
+    smallest distances to a floor ``tau`` removes the near-collapsed pairs'
+    blow-up, and minimising over floors (a coarse grid, then a finer one
+    around the best) gives a bound that is tight at the optimum.  Pairs of
+    identical points (``z_p = 0``) contribute nothing and are ignored.  The
+    corrections are prefix sums over the pairs sorted by distance: one
+    O(k d^2) pass plus one eigenvalue per floor.  Returns as soon as a bound
+    within ``target`` is found.
     """
     dis = prob.dissimilar
     s = np.sqrt(pair_sq_distances(dis, prob.to_A(B), prob.n_threads)
                 .astype(np.float64))
     total = float(s.sum())
+    scale = max(f, np.finfo(float).tiny)
     k = min(max_subset, s.size)
     small = np.argpartition(s, k - 1)[:k] if k < s.size else np.arange(s.size)
     small = small[np.argsort(s[small])]
     Z = (dis.X[dis.i[small]] - dis.X[dis.j[small]]).astype(np.float64) @ prob.P
     nonzero = np.einsum("pk,pk->p", Z, Z) > 0
     Z, s_small = Z[nonzero], s[small][nonzero]
-    bounds = []
+    best = np.inf
     if s_small.size == 0 or s_small[0] > 0:
-        bounds.append(total / 2 + _lambda_max(G))  # the Frank-Wolfe bound
-    if s_small.size:
-        positive = s_small[s_small > 0]
-        lo = positive[0] if positive.size else max(s.max(), 1.0) * 1e-12
-        hi = max(s_small[-1], lo)
-        taus = np.geomspace(lo, hi, n_floors)
-        cuts = np.searchsorted(s_small, taus, side="left")
-        inv = np.where(s_small > 0, 0.5 / np.maximum(s_small, 1e-300), 0.0)
-        d = Z.shape[1]
-        sum_inv = np.zeros((d, d))  # sum over s < tau of z z^T / (2 s)
-        sum_one = np.zeros((d, d))  # sum over s < tau of z z^T
-        start = 0
-        for tau, cut in zip(taus, cuts, strict=True):
-            if cut > start:
-                seg = Z[start:cut]
-                sum_inv += (seg * inv[start:cut, None]).T @ seg
-                sum_one += seg.T @ seg
-                start = cut
-            G_tau = _sym(G - sum_inv + sum_one / (2.0 * tau))
-            lifted = float(np.sum(tau - s_small[:cut]))
-            bounds.append((total + lifted) / 2 + _lambda_max(G_tau))
-    return max(min(bounds) - f, 0.0) / max(f, np.finfo(float).tiny)
+        best = total / 2 + _lambda_max(G)  # the Frank-Wolfe bound
+        if (best - f) / scale <= target or s_small.size == 0:
+            return max(best - f, 0.0) / scale
+    inv = np.where(s_small > 0, 0.5 / np.maximum(s_small, 1e-300), 0.0)
+    prefix = np.concatenate([[0.0], np.cumsum(s_small)])
+
+    def bound(tau):
+        cut = int(np.searchsorted(s_small, tau, side="left"))
+        seg = Z[:cut]
+        correction = (seg * (inv[:cut] - 0.5 / tau)[:, None]).T @ seg
+        lifted = tau * cut - prefix[cut]
+        return (total + lifted) / 2 + _lambda_max(_sym(G - correction))
+
+    positive = s_small[s_small > 0]
+    hi = max(s_small[-1], np.finfo(float).tiny)
+    # With pairs at zero distance the best floor can lie far below every
+    # positive distance, so the grid then reaches down 16 decades.
+    lo = positive[0] if s_small[0] > 0 else hi * 1e-16
+    lo = min(lo, hi)
+    taus = np.geomspace(lo, hi, n_floors)
+    values = []
+    for tau in taus:
+        values.append(bound(tau))
+        best = min(best, values[-1])
+        if (best - f) / scale <= target:
+            return max(best - f, 0.0) / scale
+    i = int(np.argmin(values))
+    for tau in np.geomspace(taus[max(i - 1, 0)], taus[min(i + 1, taus.size - 1)],
+                            n_floors):
+        best = min(best, bound(tau))
+        if (best - f) / scale <= target:
+            break
+    return max(best - f, 0.0) / scale
 
 
 # A Newton step on the factor L (d x r) costs O(n (d r)^2); beyond this many
 # variables it costs more than many projected-gradient steps.
 _MAX_NEWTON_VARS = 600
+# Projected-gradient steps between Newton attempts.
+_NEWTON_EVERY = 10
 _BLOCK = 4096
 
 
@@ -206,6 +223,8 @@ def _factor_newton(prob, B, f, r, dec_tol, budget):
         Nq, _ = np.linalg.qr(np.column_stack(normals), mode="complete")
         k = len(normals)
         T = Nq[:, k:]
+        if T.shape[1] == 0:
+            break  # r = d = 1: B is fixed by its trace
         Hr = T.T @ (H - f_L * np.eye(d * r)) @ T
         g_t = T.T @ g
         w, U = np.linalg.eigh(_sym(Hr))
@@ -261,7 +280,8 @@ def _spg_step(prob, B, f, G, alpha, recent):
     sy = -float(np.sum(s_vec * (G_new - G)))
     ss = float(np.sum(s_vec * s_vec))
     alpha = ss / sy if sy > 0 else 1e3 * alpha
-    alpha = min(max(alpha, 1e-12 / max(np.linalg.norm(G_new), 1e-300)), 1e12)
+    g_norm = max(np.linalg.norm(G_new), 1e-300)
+    alpha = min(max(alpha, 1e-12 / g_norm), 1e12 / g_norm)
     return B_new, f_new, G_new, alpha
 
 
@@ -317,11 +337,16 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     M = M_S if shrinkage == 0 else (
         (1.0 - shrinkage) * M_S + shrinkage * np.trace(M_S) / d * np.eye(d))
     prob = _Whitened(dissimilar, M, n_threads)
-    target = min(max(1e-5 * tol, 1e-8), 1e-4)
+    target = min(max(1e-5 * tol, tolerance_floor(dissimilar.X.dtype)), 1e-3)
+    # metric-learn's scale puts sum_S ||x-y||_A^2 at t.  When the optimum lies
+    # where the similar pairs do not vary that sum is 0, so the scale is taken
+    # with the S-matrix's eigenvalues floored as in the whitening.
+    mu_s, V_s = _eigh(M_S)
+    M_scale = (V_s * np.maximum(mu_s, mu_s.max() * 1e-9)) @ V_s.T
 
     def scaled(B):
         A = prob.to_A(B)
-        return A * (t_bound / max(float(np.sum(A * M_S)), np.finfo(float).tiny))
+        return A * (t_bound / max(float(np.sum(A * M_scale)), np.finfo(float).tiny))
 
     B = prob.to_B(A0)
     B, _, _ = _project_spectraplex(B / max(np.trace(B), np.finfo(float).tiny))
@@ -337,9 +362,9 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         # The cheap Frank-Wolfe gap tracks progress; the certified bound costs
         # one more pass over the pairs, so it is taken only near the end.
         fw = _gap(f, G, B)
-        stalled = f_before is not None and f - f_before <= 1e2 * target * f
-        if fw <= 1e3 * target or stalled:
-            return _dual_gap(prob, B, f, G)
+        slow = f_before is not None and f - f_before <= 1e2 * target * f
+        if fw <= 1e3 * target or slow:
+            return _dual_gap(prob, B, f, G, target)
         return fw
 
     gap = measure(None)
@@ -355,56 +380,50 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         if callback is not None and callback(scaled(B), n_iter):
             stop = True
 
-    spg_burst = 5
-    newton_tried = False
+    alpha = 1.0 / max(np.linalg.norm(G), np.finfo(float).tiny)
+    recent = [f]
+    since_newton = 0
+    newton_failed = False
     while gap > target and n_iter < max_iter and not stop:
-        stalled = False
-        # Projected gradient: global progress and identification of the face.
-        alpha = 1.0 / max(np.linalg.norm(G), np.finfo(float).tiny)
-        recent = [f]
-        for _ in range(spg_burst):
-            f_before = f
-            B_new, f, G, alpha = _spg_step(prob, B, f, G, alpha, recent)
+        # Projected gradient: fast global progress; it converges in a few
+        # dozen steps on well-conditioned data.
+        f_before = f
+        B_new, f_new, G_new, alpha = _spg_step(prob, B, f, G, alpha, recent)
+        spg_stalled = B_new is None
+        if not spg_stalled:
             n_iter += 1
-            if B_new is None:
-                stalled = True
-                break
-            B = B_new
+            since_newton += 1
+            B, f, G = B_new, f_new, G_new
             recent.append(f)
             gap = measure(f_before)
             report("gradient")
-            if gap <= target or n_iter >= max_iter or stop:
+            if gap <= target or stop or n_iter >= max_iter:
                 break
-        if gap <= target or n_iter >= max_iter or stop:
-            break
-        if stalled and newton_tried:
-            break  # neither method can improve f any further
+        if not spg_stalled and since_newton < _NEWTON_EVERY:
+            continue
+        # Projected gradient is slow (badly conditioned data, where the range
+        # of B must rotate) or stuck: Newton on the factor L of B = L L^T.
+        since_newton = 0
         lam, _ = _eigh(B)
         r = int(np.sum(lam > 1e-9 * lam.max()))
         if d * r > _MAX_NEWTON_VARS:
-            spg_burst = max_iter  # high-rank optimum: projected gradient only
-            continue
-        newton_tried = True
-        # Newton on the factor of B, keeping its numerical rank; repeated while
-        # it keeps shrinking the gap (the rank may change between rounds).
-        for _ in range(3):
-            B_new, f_new, steps = _factor_newton(prob, B, f, r, 1e-3 * target,
-                                                 max_iter - n_iter)
-            n_iter += max(steps, 1)
-            if not f_new > f:
+            if spg_stalled:
                 break
-            f_before, gap_before = f, gap
+            continue
+        f_before = f
+        B_new, f_new, _ = _factor_newton(prob, B, f, r, 1e-3 * target, 20)
+        if f_new > f:
+            newton_failed = False
+            n_iter += 1
             B = B_new
             f, G = prob.value_grad(B)
+            recent.append(f)
             gap = measure(f_before)
             report("newton")
-            if gap <= target or stop or n_iter >= max_iter or gap > 0.1 * gap_before:
-                break
-            lam, _ = _eigh(B)
-            r = int(np.sum(lam > 1e-9 * lam.max()))
-            if d * r > _MAX_NEWTON_VARS:
-                break
-        spg_burst = 3
+        elif spg_stalled or newton_failed:
+            break  # neither method can improve f any further
+        else:
+            newton_failed = True
     converged = gap <= target
     if not converged and not stop:
         _warn_not_converged("MMC (exact)", n_iter, f"relative gap {gap:.2e}")

@@ -1,11 +1,14 @@
 """Thread counts: resolve ``n_jobs`` once and keep BLAS from oversubscribing.
 
 The pair kernels spread blocks over OpenMP threads and call BLAS inside each
-thread, so while they run BLAS must be single-threaded.  This module owns that
-rule; estimators only call :func:`resolve_n_jobs` and :func:`kernel_threads`.
+thread, so while they run BLAS must be single-threaded; and tiny calls should
+not wake threads at all.  This module owns both rules; estimators call
+:func:`resolve_n_jobs` and :func:`kernel_threads`, front-ends
+:func:`threads_for`.
 """
 
 import os
+import threading
 from contextlib import contextmanager
 
 _CONTROLLER = None
@@ -59,19 +62,59 @@ def _controller():
     return _CONTROLLER
 
 
-@contextmanager
-def kernel_threads(num_threads):
-    """Context in which the compiled kernels may use ``num_threads`` threads.
+_DEPTH = threading.local()
 
-    With more than one kernel thread, BLAS is limited to one thread so that
-    the kernels' per-thread BLAS calls do not oversubscribe the cores.
+# Below this much work per extra thread, waking OpenMP threads costs more than
+# it saves (and on a loaded machine a barrier can wait a whole scheduler slice).
+_FLOPS_PER_THREAD = 1e7
+
+
+def threads_for(n_threads, flops):
+    """How many kernel threads a call with ``flops`` of work should use.
+
+    Parameters
+    ----------
+    n_threads : int
+        The resolved ``n_jobs``.
+    flops : float
+        Estimated floating-point operations of the call.
+
+    Returns
+    -------
+    int
+        Between 1 and ``n_threads``.
+    """
+    if flops < _FLOPS_PER_THREAD:
+        return 1
+    return int(max(1, min(n_threads, flops // max(_FLOPS_PER_THREAD, 1.0))))
+
+
+@contextmanager
+def kernel_threads(num_threads=1):
+    """Context in which the compiled kernels run: BLAS limited to one thread.
+
+    The pair kernels call BLAS on small blocks from inside their own OpenMP
+    threads; a multi-threaded BLAS there oversubscribes the cores and, on small
+    blocks, costs far more than it gains.  Estimators enter this once around a
+    whole fit; nested entries (the kernel front-ends) are free.
 
     Parameters
     ----------
     num_threads : int
+        Kept for symmetry with the kernels' ``num_threads``; the limit applies
+        whatever its value.
     """
-    if num_threads <= 1:
-        yield
+    depth = getattr(_DEPTH, "value", 0)
+    if depth:
+        _DEPTH.value = depth + 1
+        try:
+            yield
+        finally:
+            _DEPTH.value = depth
         return
-    with _controller().limit(limits=1, user_api="blas"):
-        yield
+    _DEPTH.value = 1
+    try:
+        with _controller().limit(limits=1, user_api="blas"):
+            yield
+    finally:
+        _DEPTH.value = 0
