@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 
 from ._mmc_common import (
     MMCResult,
@@ -22,6 +23,7 @@ from ._mmc_common import (
     s_matrix,
     tolerance_floor,
 )
+from ._threads import blas_threads
 
 
 class _Whitened:
@@ -120,12 +122,26 @@ def _dual_gap(prob, B, f, G, target=0.0, max_subset=4096, n_floors=12):
     inv = np.where(s_small > 0, 0.5 / np.maximum(s_small, 1e-300), 0.0)
     prefix = np.concatenate([[0.0], np.cumsum(s_small)])
 
-    def bound(tau):
-        cut = int(np.searchsorted(s_small, tau, side="left"))
-        seg = Z[:cut]
-        correction = (seg * (inv[:cut] - 0.5 / tau)[:, None]).T @ seg
-        lifted = tau * cut - prefix[cut]
-        return (total + lifted) / 2 + _lambda_max(_sym(G - correction))
+    def bounds(taus):
+        # Ascending floors: the corrections are running sums over the pairs
+        # sorted by distance, extended segment by segment.
+        sum_inv = np.zeros((Z.shape[1],) * 2)
+        sum_one = np.zeros_like(sum_inv)
+        start = 0
+        out = []
+        for tau in taus:
+            cut = int(np.searchsorted(s_small, tau, side="left"))
+            if cut > start:
+                seg = Z[start:cut]
+                sum_inv += (seg * inv[start:cut, None]).T @ seg
+                sum_one += seg.T @ seg
+                start = cut
+            lifted = tau * cut - prefix[cut]
+            out.append((total + lifted) / 2
+                       + _lambda_max(_sym(G - sum_inv + sum_one / (2.0 * tau))))
+            if (out[-1] - f) / scale <= target:
+                break
+        return out
 
     positive = s_small[s_small > 0]
     hi = max(s_small[-1], np.finfo(float).tiny)
@@ -134,18 +150,13 @@ def _dual_gap(prob, B, f, G, target=0.0, max_subset=4096, n_floors=12):
     lo = positive[0] if s_small[0] > 0 else hi * 1e-16
     lo = min(lo, hi)
     taus = np.geomspace(lo, hi, n_floors)
-    values = []
-    for tau in taus:
-        values.append(bound(tau))
-        best = min(best, values[-1])
-        if (best - f) / scale <= target:
-            return max(best - f, 0.0) / scale
-    i = int(np.argmin(values))
-    for tau in np.geomspace(taus[max(i - 1, 0)], taus[min(i + 1, taus.size - 1)],
-                            n_floors):
-        best = min(best, bound(tau))
-        if (best - f) / scale <= target:
-            break
+    values = bounds(taus)
+    best = min(best, min(values))
+    if (best - f) / scale > target and len(values) == taus.size:
+        i = int(np.argmin(values))
+        fine = np.geomspace(taus[max(i - 1, 0)], taus[min(i + 1, taus.size - 1)],
+                            n_floors)
+        best = min(best, min(bounds(fine)))
     return max(best - f, 0.0) / scale
 
 
@@ -157,38 +168,38 @@ _NEWTON_EVERY = 10
 _BLOCK = 4096
 
 
-def _factor_derivatives(prob, L):
+def _factor_derivatives(prob, L, G):
     """Value, gradient and Hessian of ``f(L) = sum_p ||L^T z_p||`` (blockwise).
 
     ``z_p`` are the whitened dissimilar differences, gathered a block at a
-    time (O(block x d) memory).  In column-major ``vec`` coordinates the
-    Hessian is ``I_r (x) sum_p z z^T / s - sum_p psi psi^T / s^3`` with
-    ``psi_p = vec(z_p y_p^T)``, ``y_p = L^T z_p`` and ``s_p = ||y_p||``.
+    time (O(block x d r) memory).  With ``G = sum_p z z^T / (2 s_p)`` the
+    gradient of f at ``B = L L^T`` (from the pair kernel), the gradient is
+    ``2 G L`` and, in column-major ``vec`` coordinates, the Hessian is
+    ``I_r (x) 2 G - sum_p psi psi^T / s^3`` with ``psi_p = vec(z_p y_p^T)``,
+    ``y_p = L^T z_p``, ``s_p = ||y_p||``; only that last sum needs the pass.
     """
     dis = prob.dissimilar
     d, r = L.shape
     f = 0.0
-    grad = np.zeros((d, r))
-    M = np.zeros((d, d))
-    H2 = np.zeros((d * r, d * r))
+    H2 = np.zeros((d * r, d * r), order="F")
     X, i, j = dis.X, dis.i, dis.j
-    for start in range(0, dis.n_pairs, _BLOCK):
-        sl = slice(start, start + _BLOCK)
-        Z = (X[i[sl]] - X[j[sl]]).astype(np.float64, copy=False) @ prob.P
-        Y = Z @ L
-        s = np.sqrt(np.einsum("pk,pk->p", Y, Y))
-        f += float(s.sum())
-        ok = s > 0
-        Z, Y, s = Z[ok], Y[ok], s[ok]
-        Zs = Z / s[:, None]
-        grad += Zs.T @ Y
-        M += Zs.T @ Z
-        # psi_p = vec(z y^T) in column-major order: block c holds z * y[c].
-        Psi = (Y[:, :, None] * Z[:, None, :]).reshape(Z.shape[0], r * d)
-        Psi *= (s ** -1.5)[:, None]
-        H2 += Psi.T @ Psi
-    H = np.kron(np.eye(r), M) - H2
-    return f, grad, H
+    with blas_threads(prob.n_threads):
+        for start in range(0, dis.n_pairs, _BLOCK):
+            sl = slice(start, start + _BLOCK)
+            Z = (X[i[sl]] - X[j[sl]]).astype(np.float64, copy=False) @ prob.P
+            Y = Z @ L
+            s = np.sqrt(np.einsum("pk,pk->p", Y, Y))
+            f += float(s.sum())
+            ok = s > 0
+            Z, Y, s = Z[ok], Y[ok], s[ok]
+            # psi_p = vec(z y^T) in column-major order: block c holds z * y[c].
+            Psi = (Y[:, :, None] * Z[:, None, :]).reshape(Z.shape[0], r * d)
+            Psi *= (s ** -1.5)[:, None]
+            H2 = scipy.linalg.blas.dsyrk(1.0, Psi, beta=1.0, c=H2, trans=1,
+                                         lower=0, overwrite_c=1)
+    H2 = np.triu(H2) + np.triu(H2, 1).T
+    H = np.kron(np.eye(r), 2.0 * G) - H2
+    return f, 2.0 * G @ L, H
 
 
 def _factor_newton(prob, B, f, r, dec_tol, budget):
@@ -211,7 +222,8 @@ def _factor_newton(prob, B, f, r, dec_tol, budget):
     steps = 0
     best_B, best_f = B, f
     while steps < budget:
-        f_L, grad, H = _factor_derivatives(prob, L)
+        G_L = prob.value_grad(_sym(L @ L.T))[1]
+        f_L, grad, H = _factor_derivatives(prob, L, G_L)
         g = grad.reshape(-1, order="F")
         # Normal direction and gauge directions L @ (e_a e_b^T - e_b e_a^T).
         normals = [L.reshape(-1, order="F")]
@@ -256,6 +268,26 @@ def _factor_newton(prob, B, f, r, dec_tol, budget):
     return best_B, best_f, steps
 
 
+def _newton_pays(gaps, gap, target, r):
+    """Whether a Newton round is expected to beat continuing projected gradient.
+
+    Projected gradient converges linearly; its rate over the last iterations
+    predicts how many more it needs.  A Newton round costs about as much as
+    ``2 r^2 + 4`` projected-gradient iterations (its Hessian pass is
+    O(n (d r)^2) against O(n d^2) per iteration).
+    """
+    if len(gaps) < 8:
+        return False
+    recent, earlier = min(gaps[-3:]), min(gaps[-8:-5])
+    if not (earlier > 0 and recent > 0):
+        return False
+    rate = (recent / earlier) ** (1.0 / 5.0)
+    if rate >= 0.95:
+        return True
+    remaining = np.log(target / gap) / np.log(rate)
+    return remaining > 2.0 * r * r + 4.0
+
+
 def _spg_step(prob, B, f, G, alpha, recent):
     """One spectral projected gradient step on the spectraplex.
 
@@ -267,11 +299,14 @@ def _spg_step(prob, B, f, G, alpha, recent):
     direction = trial - B
     slope = float(np.sum(G * direction))
     ref = max(recent[-10:])
+    # A few ulp of slack: near the optimum the predicted increase is below
+    # the rounding of f, and demanding it would stall the iteration.
+    slack = 8.0 * np.finfo(float).eps * abs(ref)
     step = 1.0
     while True:
         B_new = trial if step == 1.0 else B + step * direction
         f_new, G_new = prob.value_grad(B_new)
-        if f_new >= ref + 1e-4 * step * slope:
+        if f_new >= ref + 1e-4 * step * slope - slack:
             break
         step *= 0.5
         if step < 2.0**-20:
@@ -358,13 +393,21 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         )
     history = []
 
+    certify_calls = [0]
+
     def measure(f_before):
         # The cheap Frank-Wolfe gap tracks progress; the certified bound costs
-        # one more pass over the pairs, so it is taken only near the end.
+        # one more pass over the pairs, so it is taken only near the end (or
+        # every third slow iteration, where the Frank-Wolfe gap is stuck
+        # above the true gap on badly conditioned data).
         fw = _gap(f, G, B)
+        if fw <= target:
+            return _dual_gap(prob, B, f, G, target)
         slow = f_before is not None and f - f_before <= 1e2 * target * f
         if fw <= 1e3 * target or slow:
-            return _dual_gap(prob, B, f, G, target)
+            certify_calls[0] += 1
+            if certify_calls[0] % 3 == 1:
+                return _dual_gap(prob, B, f, G, target)
         return fw
 
     gap = measure(None)
@@ -383,6 +426,7 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     alpha = 1.0 / max(np.linalg.norm(G), np.finfo(float).tiny)
     recent = [f]
     since_newton = 0
+    gaps = []
     newton_failed = False
     while gap > target and n_iter < max_iter and not stop:
         # Projected gradient: fast global progress; it converges in a few
@@ -399,17 +443,21 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
             report("gradient")
             if gap <= target or stop or n_iter >= max_iter:
                 break
+            gaps.append(gap)
         if not spg_stalled and since_newton < _NEWTON_EVERY:
             continue
-        # Projected gradient is slow (badly conditioned data, where the range
-        # of B must rotate) or stuck: Newton on the factor L of B = L L^T.
-        since_newton = 0
         lam, _ = _eigh(B)
         r = int(np.sum(lam > 1e-9 * lam.max()))
         if d * r > _MAX_NEWTON_VARS:
             if spg_stalled:
                 break
             continue
+        if not spg_stalled and not _newton_pays(gaps, gap, target, r):
+            continue
+        # Projected gradient is slow (badly conditioned data, where the range
+        # of B must rotate) or stuck: Newton on the factor L of B = L L^T.
+        since_newton = 0
+        gaps = []
         f_before = f
         B_new, f_new, _ = _factor_newton(prob, B, f, r, 1e-3 * target, 20)
         if f_new > f:

@@ -118,3 +118,19 @@ def kernel_threads(num_threads=1):
             yield
     finally:
         _DEPTH.value = 0
+
+
+@contextmanager
+def blas_threads(num_threads):
+    """Let BLAS use ``num_threads`` threads for one large dense operation.
+
+    Inside a fit BLAS is held at one thread (see :func:`kernel_threads`); a
+    long single BLAS call with no kernel running beside it (a Newton Hessian)
+    may use all threads without oversubscribing.
+
+    Parameters
+    ----------
+    num_threads : int
+    """
+    with _controller().limit(limits=num_threads, user_api="blas"):
+        yield
