@@ -3,8 +3,9 @@
 The estimators here are drop-in replacements for metric-learn 0.7.0's ``MMC``
 and ``MMC_Supervised``: same constructor arguments (in the same order, with the
 deprecated aliases), ``fit`` signatures, fitted attributes and methods.  They
-validate, pick a solver from :mod:`fastmetric._mmc_solvers` and store the
-result; the work happens in the compiled kernels.
+validate, pick a solver (``fastmetric._mmc_exact``, ``_mmc_gaip`` or
+``_mmc_diagonal``) and store the result; the work happens in the compiled
+kernels.
 """
 
 import warnings
@@ -122,8 +123,9 @@ _PARAMS_DOC = """
         Convergence tolerance.  ``'ga-ip'``: metric-learn's rule, relative size
         of the last step.  ``'exact'``: stop when the certified relative duality
         gap (an upper bound on how far J is from its optimum) is below
-        ``1e-6 * tol``.  Diagonal: stop when the KKT conditions hold to
-        ``1e-6 * tol`` (relative).
+        ``1e-5 * tol``, clipped to [1e-8, 1e-3] (at least 1e-6 for float32
+        data).  Diagonal: stop when the KKT conditions hold to the same
+        relative tolerance.
     init : {{'identity', 'covariance', 'random'}} or ndarray of shape (d, d), \
 default='identity'
         Initial Mahalanobis matrix (must be symmetric PSD).  It also fixes the

@@ -1,6 +1,6 @@
 """Numba kernels for the MMC projections that are not BLAS-shaped.
 
-Only ``@njit`` functions live here; the solvers in ``fastmetric._mmc_solvers``
+Only ``@njit`` functions live here; the ga-ip solver in ``fastmetric._mmc_gaip``
 call them.  No validation: callers pass contiguous float arrays of matching shape.
 """
 
