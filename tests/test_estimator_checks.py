@@ -24,6 +24,7 @@ import sys
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import fastmetric
 from fastmetric import MMC, MMC_Supervised
 
 # Small max_iter keeps the suite fast; the checks test conventions, not optima.
@@ -142,6 +143,10 @@ def _run_check(estimator, check):
          "check(est)"],
         input=pickle.dumps((check, estimator)),
         env={**os.environ, "SCIPY_ARRAY_API": "1"},
+        # `python -c` puts the working directory first on sys.path; run next
+        # to the imported package so the child imports the same (built) copy,
+        # not a source checkout without compiled kernels.
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(fastmetric.__file__))),
         capture_output=True,
         timeout=300,
     )

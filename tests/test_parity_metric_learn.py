@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
+from threadpoolctl import threadpool_limits
 
 import fastmetric
 
@@ -93,6 +94,17 @@ def _init(spec, d):
     return _spd(d, seed=7) if spec == "spd" else spec
 
 
+def _quiet_single_thread(func, *args):
+    """Call metric-learn without its warnings and with one BLAS thread.
+
+    Its projection loop runs thousands of small ``eigh`` calls, which threaded
+    BLAS slows down several times over on a busy machine.
+    """
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        warnings.simplefilter("ignore")
+        return func(*args)
+
+
 def _ml_mmc(metric_learn, name, n_pairs, init="identity", max_iter=100, *,
             diagonal=False, diagonal_c=1.0):
     """metric-learn's MMC on one case (cached: several tests share a fit)."""
@@ -106,9 +118,7 @@ def _ml_mmc_cached(metric_learn, name, n_pairs, init, max_iter, diagonal,
     pairs, y = _pairs(name, n_pairs)
     est = metric_learn.MMC(init=_init(init, pairs.shape[2]), diagonal=diagonal,
                            diagonal_c=diagonal_c, max_iter=max_iter)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return est.fit(pairs, y)
+    return _quiet_single_thread(est.fit, pairs, y)
 
 
 def _fm_gaip(name, n_pairs, init="identity", max_iter=100):
@@ -131,9 +141,8 @@ SUPERVISED_KWARGS = dict(n_constraints=40, random_state=0, max_iter=50)
 def _ml_supervised(metric_learn, name):
     """metric-learn's MMC_Supervised on one data set (cached)."""
     X, y = _points(name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return metric_learn.MMC_Supervised(**SUPERVISED_KWARGS).fit(X, y)
+    return _quiet_single_thread(metric_learn.MMC_Supervised(**SUPERVISED_KWARGS).fit,
+                                X, y)
 
 
 def _rel_err(A, B):
@@ -204,7 +213,7 @@ def _fitted_pair(metric_learn, cls_name, diagonal):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = getattr(metric_learn, cls_name)(diagonal=diagonal, max_iter=20,
-                                       **kwargs).fit(*args)
+                                                 **kwargs).fit(*args)
     ours = getattr(fastmetric, cls_name)(diagonal=diagonal, max_iter=20,
                                          **kwargs).fit(*args)
     return theirs, ours
