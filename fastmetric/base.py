@@ -85,11 +85,7 @@ class MahalanobisMixin(BaseEstimator):
             ``sqrt((x - y)^T A (x - y))`` for each pair.
         """
         data = self._fitted_pairs(pairs)
-        from ._threads import kernel_threads
-
-        n_threads = self._n_threads()
-        with kernel_threads(n_threads):
-            q = pair_sq_distances(data, self.get_mahalanobis_matrix(), n_threads)
+        q = pair_sq_distances(data, self.get_mahalanobis_matrix(), self._n_threads())
         return np.sqrt(q.astype(np.float64))
 
     def pair_score(self, pairs):
