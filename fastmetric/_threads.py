@@ -134,3 +134,24 @@ def blas_threads(num_threads):
     """
     with _controller().limit(limits=num_threads, user_api="blas"):
         yield
+
+
+@contextmanager
+def numba_threads(num_threads):
+    """Run Numba ``parallel=True`` kernels with ``num_threads`` threads.
+
+    Numba's setting is per calling thread; it is restored on exit.  Asking for
+    more threads than Numba's pool holds gives the whole pool.
+
+    Parameters
+    ----------
+    num_threads : int
+    """
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(num_threads), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)

@@ -1,0 +1,157 @@
+"""Shared plumbing of the embedding losses: validation, L2 normalisation, distances.
+
+Every loss front-end (``fastmetric.losses``, ``fastmetric.magnet``) validates
+its batch here, optionally L2-normalises it, builds the distance matrix, lets
+its Numba kernel fill ``dL/dD`` and turns that back into a gradient with
+respect to the embeddings.  Only validation and BLAS calls live here; the
+loops are in ``fastmetric._numba``.
+
+All loss arithmetic is float64 (batches are small next to their ``B x B``
+distance matrix, and the soft maxima need the range); gradients are returned
+in the embeddings' dtype.
+"""
+
+import numbers
+
+import numpy as np
+
+from ._numba import distances as _dk
+from ._threads import numba_threads, resolve_n_jobs
+from ._validation import _float_array, check_finite
+
+# torch.nn.functional.normalize's default: rows with a smaller norm are
+# divided by this instead, so a zero row stays zero instead of becoming NaN.
+NORMALIZE_EPS = 1e-12
+
+
+def check_embeddings(embeddings, name="embeddings"):
+    """Validate a batch of embeddings.
+
+    Parameters
+    ----------
+    embeddings : array-like of shape (batch_size, n_dims)
+    name : str
+
+    Returns
+    -------
+    E64 : ndarray of float64, C-contiguous
+    dtype : numpy dtype
+        The input's float dtype (float32 kept; everything else float64), for the
+        gradient returned to the caller.
+    """
+    E = _float_array(embeddings, name, ndim=2)
+    if E.shape[0] < 1:
+        raise ValueError(f"{name} is empty; a batch needs at least one row")
+    if E.shape[1] < 1:
+        raise ValueError(f"{name} has 0 columns; at least 1 is required")
+    check_finite(E, name)
+    return np.ascontiguousarray(E, dtype=np.float64), E.dtype
+
+
+def check_labels(labels, batch_size, name="labels"):
+    """Validate integer class labels, one per row of the batch.
+
+    Returns
+    -------
+    ndarray of int64, shape (batch_size,)
+        Labels as given (any integers; not re-encoded).
+    """
+    if hasattr(labels, "detach"):  # a torch tensor reaching the NumPy API
+        labels = labels.detach().cpu().numpy()
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1D array, got shape {arr.shape}")
+    if arr.shape[0] != batch_size:
+        raise ValueError(
+            f"{name} has {arr.shape[0]} entries but the batch has {batch_size} rows"
+        )
+    if arr.dtype.kind not in "iu" or arr.dtype.kind == "b":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(
+            arr == np.round(arr)
+        ):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"{name} must hold integer class labels, got dtype "
+                            f"{arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def check_margin(value, name):
+    """Validate a finite real margin (any sign)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_choice(value, name, choices):
+    """Validate a string option against its allowed values."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def l2_normalize(E):
+    """Rows divided by ``max(||row||, NORMALIZE_EPS)``.
+
+    Returns
+    -------
+    X : ndarray
+        The normalised rows.
+    norms : ndarray of shape (B,)
+        ``max(||row||, NORMALIZE_EPS)``, for :func:`l2_normalize_backward`.
+    """
+    raw = np.sqrt(np.einsum("ij,ij->i", E, E))
+    norms = np.maximum(raw, NORMALIZE_EPS)
+    return E / norms[:, None], norms
+
+
+def l2_normalize_backward(grad_X, X, norms):
+    """Gradient through :func:`l2_normalize`.
+
+    For ``||e|| > eps``, ``x = e / ||e||`` and ``dL/de = (g - x (x.g)) / ||e||``;
+    below ``eps`` the map is ``e / eps`` and the gradient ``g / eps``.
+    """
+    clipped = norms <= NORMALIZE_EPS
+    proj = np.einsum("ij,ij->i", X, grad_X)
+    proj[clipped] = 0.0
+    return (grad_X - X * proj[:, None]) / norms[:, None]
+
+
+def distance_matrix(X, n_threads):
+    """Euclidean distance matrix of the rows of ``X`` (float64, C-contiguous).
+
+    Returns
+    -------
+    D : ndarray of shape (B, B)
+    sq : ndarray of shape (B,)
+        Squared row norms (needed by :func:`distance_backward`).
+    """
+    G = X @ X.T
+    sq = np.ascontiguousarray(np.diagonal(G)).copy()
+    with numba_threads(n_threads):
+        _dk.distances_from_gram(X, sq, G)
+    return G, sq
+
+
+def distance_backward(C, D, X, sq, n_threads):
+    """Gradient with respect to ``X`` from ``C = dL/dD`` (ordered pairs).
+
+    ``C`` is overwritten.  Zero-distance pairs contribute nothing.
+    """
+    grad = np.zeros_like(X)
+    with numba_threads(n_threads):
+        _dk.distance_weights(C, D)
+        _dk.move_near_pairs(C, D, X, sq, grad)
+        rs = np.empty(X.shape[0])
+        _dk.row_sums(C, rs)
+    grad += X * rs[:, None]
+    grad -= C @ X
+    return grad
+
+
+def resolve_threads(n_jobs):
+    """``n_jobs`` to a Numba thread count (never above Numba's pool size)."""
+    return resolve_n_jobs(n_jobs)
