@@ -1,0 +1,262 @@
+"""Magnet loss, its cluster index and its batch sampler.
+
+The loss is checked against a plain NumPy float64 reference written from the
+formula of Rippel et al. (2016), against central finite differences (through
+the means, the shared variance, its floor and the L2 normalisation), and for
+its invariance to scaling the embeddings.
+"""
+
+import numpy as np
+import pytest
+
+import fastmetric.magnet as fm
+from fastmetric.magnet import magnet_loss
+
+# -- reference ------------------------------------------------------------------
+
+
+def reference_magnet(E, labels, clusters, alpha=1.0, reduction="mean"):
+    """Magnet loss from the paper's formula, one example at a time, float64."""
+    E = np.asarray(E, dtype=np.float64)
+    labels = np.asarray(labels)
+    clusters = np.asarray(clusters)
+    B = E.shape[0]
+    ids = np.unique(clusters)
+    mu = np.array([E[clusters == c].mean(axis=0) for c in ids])
+    cls = np.array([labels[clusters == c][0] for c in ids])
+    own = np.searchsorted(ids, clusters)
+    d = ((E[:, None, :] - mu[None, :, :]) ** 2).sum(axis=-1)
+    var = d[np.arange(B), own].sum() / (B - 1)
+    per = np.zeros(B)
+    for i in range(B):
+        impostor = cls != labels[i]
+        if not impostor.any():
+            continue
+        z = -d[i, impostor] / (2.0 * var)
+        top = z.max()
+        lse = top + np.log(np.exp(z - top).sum())
+        per[i] = max(d[i, own[i]] / (2.0 * var) + alpha + lse, 0.0)
+    if reduction == "mean":
+        return per.mean(), per
+    if reduction == "sum":
+        return per.sum(), per
+    n = np.count_nonzero(per > 0)
+    return (per.sum() / n if n else 0.0), per
+
+
+def numeric_gradient(f, E, h=1e-6):
+    grad = np.zeros_like(E)
+    for idx in np.ndindex(E.shape):
+        Ep = E.copy()
+        Em = E.copy()
+        Ep[idx] += h
+        Em[idx] -= h
+        grad[idx] = (f(Ep) - f(Em)) / (2.0 * h)
+    return grad
+
+
+def clustered_batch(rng, n_clusters=6, per_cluster=4, n_classes=3, dim=5, spread=0.5):
+    """Overlapping clusters: some examples are inside the margin, some not."""
+    centers = rng.normal(size=(n_clusters, dim))
+    clusters = np.repeat(np.arange(n_clusters), per_cluster)
+    labels = clusters % n_classes
+    E = centers[clusters] + spread * rng.normal(size=(clusters.size, dim))
+    return E, labels, clusters
+
+
+# -- loss value -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "avg_nonzero"])
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 4.0])
+def test_loss_matches_reference(reduction, alpha):
+    rng = np.random.default_rng(0)
+    E, labels, clusters = clustered_batch(rng)
+    loss, grad, per = magnet_loss(E, labels, clusters, alpha=alpha,
+                                  reduction=reduction, return_per_example=True)
+    ref, ref_per = reference_magnet(E, labels, clusters, alpha, reduction)
+    assert isinstance(loss, float)
+    np.testing.assert_allclose(loss, ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(per, ref_per, rtol=1e-12, atol=1e-14)
+    assert grad.shape == E.shape and grad.dtype == np.float64
+
+
+def test_loss_arbitrary_cluster_ids_sizes_and_duplicates():
+    rng = np.random.default_rng(1)
+    E = rng.normal(size=(13, 4))
+    E[5] = E[4]  # a duplicate row
+    clusters = np.array([7, 7, -3, -3, -3, 100, 100, 100, 100, 7, 2, 2, 55])
+    labels = np.array([1, 1, 4, 4, 4, 1, 1, 1, 1, 1, 9, 9, 4])
+    for alpha in (0.5, 3.0):
+        loss, _, per = magnet_loss(E, labels, clusters, alpha=alpha,
+                                   return_per_example=True)
+        ref, ref_per = reference_magnet(E, labels, clusters, alpha)
+        np.testing.assert_allclose(loss, ref, rtol=1e-12)
+        np.testing.assert_allclose(per, ref_per, rtol=1e-12, atol=1e-14)
+
+
+def test_loss_normalize_is_reference_on_unit_rows():
+    rng = np.random.default_rng(2)
+    E, labels, clusters = clustered_batch(rng)
+    X = E / np.linalg.norm(E, axis=1, keepdims=True)
+    loss, _ = magnet_loss(E, labels, clusters, normalize=True, alpha=2.0)
+    np.testing.assert_allclose(loss, reference_magnet(X, labels, clusters, 2.0)[0],
+                               rtol=1e-12)
+
+
+# -- gradient ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "avg_nonzero"])
+def test_gradient_finite_differences(normalize, reduction):
+    rng = np.random.default_rng(3)
+    E, labels, clusters = clustered_batch(rng, n_clusters=5, per_cluster=3, dim=3)
+    kw = dict(alpha=1.0, normalize=normalize, reduction=reduction)
+    loss, grad, per = magnet_loss(E, labels, clusters, return_per_example=True, **kw)
+    # The batch exercises both sides of the hinge.
+    assert 0 < np.count_nonzero(per) < per.size
+    num = numeric_gradient(lambda X: magnet_loss(X, labels, clusters, **kw)[0], E)
+    np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-8)
+
+
+def test_gradient_through_variance_floor(monkeypatch):
+    # Raise the floor above the batch's variance so the floored branch (the
+    # gradient flowing through the total variance) is the one differentiated.
+    rng = np.random.default_rng(4)
+    E, labels, clusters = clustered_batch(rng, n_clusters=4, per_cluster=3, dim=3)
+    monkeypatch.setattr(fm, "VAR_FLOOR", 3.0)
+    f = lambda X: magnet_loss(X, labels, clusters, alpha=1.0)[0]  # noqa: E731
+    loss, grad = magnet_loss(E, labels, clusters, alpha=1.0)
+    assert loss > 0
+    np.testing.assert_allclose(grad, numeric_gradient(f, E), rtol=1e-6, atol=1e-9)
+
+
+def test_gradient_sums_to_zero_translation_invariance():
+    # The loss only sees differences, so it is invariant to translations and
+    # its gradient sums to zero over the batch.
+    rng = np.random.default_rng(5)
+    E, labels, clusters = clustered_batch(rng)
+    loss, grad = magnet_loss(E, labels, clusters, alpha=2.0)
+    np.testing.assert_allclose(grad.sum(axis=0), 0.0, atol=1e-12)
+    loss2, _ = magnet_loss(E + 3.0, labels, clusters, alpha=2.0)
+    np.testing.assert_allclose(loss2, loss, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 0.37, 12.5, 1e5])
+def test_scale_invariance(scale):
+    rng = np.random.default_rng(6)
+    E, labels, clusters = clustered_batch(rng)
+    loss, grad = magnet_loss(E, labels, clusters, alpha=1.0)
+    loss_s, grad_s = magnet_loss(scale * E, labels, clusters, alpha=1.0)
+    assert loss > 0.1
+    np.testing.assert_allclose(loss_s, loss, rtol=1e-10)
+    np.testing.assert_allclose(grad_s * scale, grad, rtol=1e-9, atol=1e-12)
+
+
+# -- edge cases -------------------------------------------------------------------
+
+
+def test_no_impostor_gives_zero():
+    rng = np.random.default_rng(7)
+    E = rng.normal(size=(9, 3))
+    for labels, clusters in [(np.zeros(9, int), np.repeat([0, 1, 2], 3)),
+                             (np.zeros(9, int), np.zeros(9, int))]:
+        for reduction in ("mean", "sum", "avg_nonzero"):
+            loss, grad, per = magnet_loss(E, labels, clusters, alpha=5.0,
+                                          reduction=reduction,
+                                          return_per_example=True)
+            assert loss == 0.0
+            assert np.all(grad == 0) and np.all(per == 0)
+    loss, grad = magnet_loss(E[:1], [3], [0])
+    assert loss == 0.0 and np.all(grad == 0)
+
+
+def test_identical_embeddings_are_finite():
+    labels = np.repeat([0, 1, 2], 4)
+    clusters = np.repeat(np.arange(6), 2)
+    E = np.full((12, 4), 0.3)
+    loss, grad, per = magnet_loss(E, labels, clusters, alpha=1.0,
+                                  return_per_example=True)
+    # All distances are 0: each row has 4 impostor clusters at equal distance.
+    np.testing.assert_allclose(per, 1.0 + np.log(4.0), rtol=1e-14)
+    np.testing.assert_allclose(loss, 1.0 + np.log(4.0), rtol=1e-14)
+    assert np.all(grad == 0)
+    loss, grad = magnet_loss(E, labels, clusters, normalize=True)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    loss, grad = magnet_loss(np.zeros((12, 4)), labels, clusters, normalize=True)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+
+
+def test_examples_on_their_means_are_finite():
+    # sigma^2 = 0 exactly: every example equals its cluster mean.
+    rng = np.random.default_rng(8)
+    centers = rng.normal(size=(6, 3))
+    clusters = np.repeat(np.arange(6), 3)
+    labels = clusters % 3
+    E = centers[clusters]
+    loss, grad = magnet_loss(E, labels, clusters, alpha=1.0)
+    assert loss == 0.0 and np.all(grad == 0)
+    # Tiny noise: sigma^2 positive but minute; still finite, still 0 loss.
+    E2 = E + 1e-9 * rng.normal(size=E.shape)
+    loss, grad = magnet_loss(E2, labels, clusters, alpha=1.0)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    # A huge alpha keeps the hinge active at the floor: finite too.
+    loss, grad = magnet_loss(E, labels, clusters, alpha=1e13)
+    assert np.isfinite(loss) and loss > 0 and np.all(np.isfinite(grad))
+
+
+def test_float32_close_to_float64():
+    rng = np.random.default_rng(9)
+    E, labels, clusters = clustered_batch(rng)
+    loss64, grad64 = magnet_loss(E, labels, clusters, alpha=1.0)
+    loss32, grad32 = magnet_loss(E.astype(np.float32), labels, clusters, alpha=1.0)
+    assert grad32.dtype == np.float32
+    np.testing.assert_allclose(loss32, loss64, rtol=1e-5)
+    np.testing.assert_allclose(grad32, grad64, rtol=1e-4, atol=1e-6)
+
+
+def test_threads_give_identical_results(monkeypatch):
+    # Force the requested thread count even on a small batch.
+    monkeypatch.setattr(fm, "threads_for", lambda n, flops: n)
+    rng = np.random.default_rng(10)
+    E, labels, clusters = clustered_batch(rng, n_clusters=16, per_cluster=8,
+                                          n_classes=5, dim=16)
+    out1 = magnet_loss(E, labels, clusters, n_jobs=1, return_per_example=True)
+    out2 = magnet_loss(E, labels, clusters, n_jobs=2, return_per_example=True)
+    assert out1[0] == out2[0]
+    np.testing.assert_array_equal(out1[1], out2[1])
+    np.testing.assert_array_equal(out1[2], out2[2])
+
+
+def test_bad_input():
+    rng = np.random.default_rng(11)
+    E, labels, clusters = clustered_batch(rng)
+    bad = E.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="embeddings"):
+        magnet_loss(bad, labels, clusters)
+    two = clusters.copy()
+    two[0] = clusters[-1]  # cluster 5 now holds labels 2 and 0
+    with pytest.raises(ValueError, match="clusters"):
+        magnet_loss(E, labels, two)
+    with pytest.raises(ValueError, match="labels"):
+        magnet_loss(E, labels[:-1], clusters)
+    with pytest.raises(ValueError, match="clusters"):
+        magnet_loss(E, labels, clusters[:-1])
+    with pytest.raises(TypeError, match="alpha"):
+        magnet_loss(E, labels, clusters, alpha="1")
+    with pytest.raises(TypeError, match="alpha"):
+        magnet_loss(E, labels, clusters, alpha=True)
+    with pytest.raises(ValueError, match="alpha"):
+        magnet_loss(E, labels, clusters, alpha=np.inf)
+    with pytest.raises(ValueError, match="reduction"):
+        magnet_loss(E, labels, clusters, reduction="max")
+    with pytest.raises(TypeError, match="normalize"):
+        magnet_loss(E, labels, clusters, normalize="yes")
+    with pytest.raises(TypeError, match="clusters"):
+        magnet_loss(E, labels, clusters + 0.5)
+    with pytest.raises(ValueError, match="embeddings"):
+        magnet_loss(E[0], labels, clusters)
+    with pytest.raises(ValueError, match="n_jobs"):
+        magnet_loss(E, labels, clusters, n_jobs=0)
