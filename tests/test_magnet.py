@@ -8,9 +8,10 @@ its invariance to scaling the embeddings.
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 
 import fastmetric.magnet as fm
-from fastmetric.magnet import magnet_loss
+from fastmetric.magnet import MagnetBatchSampler, MagnetClusterIndex, magnet_loss
 
 # -- reference ------------------------------------------------------------------
 
@@ -260,3 +261,253 @@ def test_bad_input():
         magnet_loss(E[0], labels, clusters)
     with pytest.raises(ValueError, match="n_jobs"):
         magnet_loss(E, labels, clusters, n_jobs=0)
+
+
+# -- cluster index ----------------------------------------------------------------
+
+
+def multimodal_data(rng, n_classes=4, modes=3, per_mode=15, dim=3):
+    """Classes made of ``modes`` well-separated blobs each."""
+    centers = 10.0 * rng.normal(size=(n_classes * modes, dim))
+    blob = np.repeat(np.arange(n_classes * modes), per_mode)
+    labels = blob // modes
+    E = centers[blob] + 0.3 * rng.normal(size=(blob.size, dim))
+    return E, labels, blob
+
+
+def test_index_clusters_follow_classes():
+    rng = np.random.default_rng(20)
+    E, labels, blob = multimodal_data(rng)
+    index = MagnetClusterIndex(3, random_state=0).fit(E, labels)
+    assert index.n_clusters_ == 12
+    np.testing.assert_array_equal(index.cluster_labels_[index.assignments_], labels)
+    np.testing.assert_array_equal(np.bincount(index.cluster_labels_), [3, 3, 3, 3])
+    np.testing.assert_array_equal(index.classes_, [0, 1, 2, 3])
+    # Well-separated blobs are recovered exactly (up to renumbering).
+    pairs = np.unique(np.stack([index.assignments_, blob]), axis=1)
+    assert pairs.shape[1] == 12
+    np.testing.assert_array_equal(np.bincount(index.assignments_),
+                                  index.cluster_sizes_)
+    for c in range(index.n_clusters_):
+        members = index.members(c)
+        np.testing.assert_array_equal(members, np.flatnonzero(index.assignments_ == c))
+        np.testing.assert_allclose(index.centers_[c], E[members].mean(axis=0))
+
+
+def test_index_fewer_clusters_for_small_classes():
+    rng = np.random.default_rng(21)
+    labels = np.array([0] * 30 + [5] * 3 + [8] * 6 + [9])
+    E = rng.normal(size=(labels.size, 2))
+    E[33:36] = E[33]  # class 8: two distinct points
+    E[36:39] = E[36]
+    index = MagnetClusterIndex(4, random_state=0).fit(E, labels)
+    counts = {k: int(np.sum(index.cluster_labels_ == k)) for k in (0, 5, 8, 9)}
+    assert counts == {0: 4, 5: 3, 8: 2, 9: 1}
+    assert np.all(index.cluster_sizes_ > 0)
+    np.testing.assert_array_equal(index.cluster_labels_[index.assignments_], labels)
+
+
+def test_index_deterministic_and_refresh():
+    rng = np.random.default_rng(22)
+    E, labels, _ = multimodal_data(rng, per_mode=10)
+    E = E + rng.normal(size=E.shape)  # overlapping blobs: k-means has choices
+    a = MagnetClusterIndex(3, random_state=7).fit(E, labels)
+    b = MagnetClusterIndex(3, random_state=7).fit(E, labels)
+    np.testing.assert_array_equal(a.assignments_, b.assignments_)
+    np.testing.assert_array_equal(a.centers_, b.centers_)
+    a.update_losses([0, 1], [1.0, 2.0])
+    old_centers = a.centers_.copy()
+    W = rng.normal(size=(3, 2))
+    a.refresh(E @ W)
+    assert a.centers_.shape == (a.n_clusters_, 2)
+    np.testing.assert_array_equal(a.cluster_labels_[a.assignments_], labels)
+    np.testing.assert_allclose(a.centers_[a.assignments_[0]],
+                               (E @ W)[a.assignments_ == a.assignments_[0]].mean(0))
+    assert not np.allclose(a.centers_, old_centers[:, :2])
+    assert np.all(np.isnan(a.cluster_losses_))  # losses reset
+    with pytest.raises(ValueError, match="rows"):
+        a.refresh(E[:-1])
+
+
+def test_index_refresh_on_collapsed_embeddings():
+    rng = np.random.default_rng(23)
+    E, labels, _ = multimodal_data(rng, per_mode=5)
+    index = MagnetClusterIndex(3, random_state=0).fit(E, labels)
+    index.refresh(np.zeros((E.shape[0], 2)))  # every class one distinct point
+    assert index.n_clusters_ == 4
+    np.testing.assert_array_equal(index.cluster_labels_, [0, 1, 2, 3])
+    index.refresh(E)
+    np.testing.assert_array_equal(index.cluster_labels_[index.assignments_], labels)
+
+
+def test_index_running_mean_losses():
+    rng = np.random.default_rng(24)
+    E, labels, _ = multimodal_data(rng, per_mode=5)
+    index = MagnetClusterIndex(2, random_state=0).fit(E, labels)
+    assert np.all(np.isnan(index.cluster_losses_))
+    index.update_losses([0, 0, 3], [1.0, 2.0, 0.5])
+    index.update_losses(np.array([0, 3, 3]), np.array([6.0, 0.0, 1.0]))
+    losses = index.cluster_losses_
+    np.testing.assert_allclose(losses[[0, 3]], [3.0, 0.5])
+    assert np.all(np.isnan(np.delete(losses, [0, 3])))
+    np.testing.assert_array_equal(index.cluster_loss_counts_[[0, 3]], [3, 3])
+    index.fit(E, labels)  # refitting resets them
+    assert np.all(np.isnan(index.cluster_losses_))
+
+
+def test_index_bad_input():
+    rng = np.random.default_rng(25)
+    E, labels, _ = multimodal_data(rng, per_mode=5)
+    with pytest.raises(NotFittedError):
+        MagnetClusterIndex().update_losses([0], [1.0])
+    with pytest.raises(NotFittedError):
+        MagnetClusterIndex().refresh(E)
+    with pytest.raises(ValueError, match="n_clusters_per_class"):
+        MagnetClusterIndex(0).fit(E, labels)
+    with pytest.raises(TypeError, match="n_clusters_per_class"):
+        MagnetClusterIndex(2.5).fit(E, labels)
+    with pytest.raises(ValueError, match="labels"):
+        MagnetClusterIndex().fit(E, labels[:-1])
+    bad = E.copy()
+    bad[3, 1] = np.inf
+    with pytest.raises(ValueError, match="embeddings"):
+        MagnetClusterIndex().fit(bad, labels)
+    index = MagnetClusterIndex(2, random_state=0).fit(E, labels)
+    with pytest.raises(ValueError, match="cluster_ids"):
+        index.update_losses([index.n_clusters_], [1.0])
+    with pytest.raises(ValueError, match="cluster_ids"):
+        index.update_losses([0, 1], [1.0])
+    with pytest.raises(ValueError, match="example_losses"):
+        index.update_losses([0], [-1.0])
+    with pytest.raises(ValueError, match="example_losses"):
+        index.update_losses([0], [np.nan])
+    with pytest.raises(ValueError, match="cluster"):
+        index.members(-1)
+
+
+# -- batch sampler ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted_index():
+    rng = np.random.default_rng(30)
+    E, labels, _ = multimodal_data(rng, n_classes=5, modes=3, per_mode=12)
+    return E, labels, MagnetClusterIndex(3, random_state=0).fit(E, labels)
+
+
+def test_sampler_batch_structure(fitted_index):
+    E, labels, index = fitted_index
+    M, D = 6, 4
+    sampler = MagnetBatchSampler(index, m_clusters=M, d_per_cluster=D, random_state=0)
+    for _ in range(30):
+        idx, clusters = sampler.sample()
+        assert idx.shape == (M * D,) and clusters.shape == (M * D,)
+        assert idx.dtype == np.int64 and clusters.dtype == np.int64
+        np.testing.assert_array_equal(index.assignments_[idx], clusters)
+        chosen = clusters[::D]
+        assert np.unique(chosen).size == M
+        np.testing.assert_array_equal(clusters, np.repeat(chosen, D))
+        seed, impostors = chosen[0], chosen[1:]
+        seed_class = index.cluster_labels_[seed]
+        assert np.all(index.cluster_labels_[impostors] != seed_class)
+        # Impostors are the nearest clusters of other classes, nearest first.
+        others = np.flatnonzero(index.cluster_labels_ != seed_class)
+        d2 = ((index.centers_[others] - index.centers_[seed]) ** 2).sum(axis=1)
+        np.testing.assert_array_equal(impostors, others[np.argsort(d2)[: M - 1]])
+        # Every cluster here has >= D members: no example drawn twice.
+        for c in range(M):
+            assert np.unique(idx[c * D:(c + 1) * D]).size == D
+        loss, grad = magnet_loss(E[idx], labels[idx], clusters)
+        assert np.isfinite(loss) and np.all(np.isfinite(grad))
+
+
+def test_sampler_with_replacement_only_for_small_clusters():
+    rng = np.random.default_rng(31)
+    labels = np.array([0] * 2 + [1] * 20)
+    E = np.concatenate([rng.normal(size=(2, 2)), rng.normal(size=(20, 2)) + 5.0])
+    index = MagnetClusterIndex(1, random_state=0).fit(E, labels)
+    sampler = MagnetBatchSampler(index, m_clusters=2, d_per_cluster=5, random_state=1)
+    for _ in range(20):
+        idx, clusters = sampler.sample()
+        small = idx[index.cluster_labels_[clusters] == 0]
+        large = idx[index.cluster_labels_[clusters] == 1]
+        assert small.size == 5 and set(small) <= {0, 1}
+        assert large.size == 5 and np.unique(large).size == 5
+
+
+def test_sampler_fewer_impostors_than_requested():
+    rng = np.random.default_rng(32)
+    labels = np.repeat([0, 1], 20)
+    E = rng.normal(size=(40, 2))
+    index = MagnetClusterIndex(2, random_state=0).fit(E, labels)
+    sampler = MagnetBatchSampler(index, m_clusters=10, d_per_cluster=3, random_state=0)
+    idx, clusters = sampler.sample()
+    assert idx.shape == (9,)  # the seed and the 2 clusters of the other class
+    single = MagnetClusterIndex(2, random_state=0).fit(E, np.zeros(40, int))
+    idx, clusters = MagnetBatchSampler(single, d_per_cluster=3, random_state=0).sample()
+    assert idx.shape == (3,)
+    assert magnet_loss(E[idx], np.zeros(3, int), clusters)[0] == 0.0
+
+
+def test_sampler_seed_follows_losses(fitted_index):
+    _, _, index = fitted_index
+    n = index.n_clusters_
+    sampler = MagnetBatchSampler(index, m_clusters=3, d_per_cluster=2, random_state=0)
+    index.reset_losses()
+    np.testing.assert_allclose(sampler.seed_probabilities(), np.full(n, 1.0 / n))
+    index.update_losses(np.arange(n), np.zeros(n))  # all zero: uniform
+    np.testing.assert_allclose(sampler.seed_probabilities(), np.full(n, 1.0 / n))
+    index.reset_losses()
+    index.update_losses([2, 2, 5], [3.0, 3.0, 1.0])
+    # Unknown clusters count as the mean of the known ones (2.0).
+    p = sampler.seed_probabilities()
+    np.testing.assert_allclose(p[[2, 5]] * (2.0 * (n - 2) + 4.0), [3.0, 1.0])
+    index.update_losses(np.arange(n), np.zeros(n))
+    index.update_losses([2, 5], [6.0, 2.0])  # means: 12/4 and 3/3, others 0
+    seeds = np.array([sampler.sample()[1][0] for _ in range(2000)])
+    assert set(np.unique(seeds)) == {2, 5}
+    assert abs(np.mean(seeds == 2) - 0.75) < 0.04  # 4 sigma
+    index.reset_losses()
+
+
+def test_sampler_deterministic(fitted_index):
+    _, _, index = fitted_index
+    index.reset_losses()
+    draws = []
+    for seed in (5, 5, 6):
+        sampler = MagnetBatchSampler(index, m_clusters=4, d_per_cluster=3,
+                                     random_state=seed)
+        draws.append(np.concatenate([sampler.sample()[0] for _ in range(5)]))
+    np.testing.assert_array_equal(draws[0], draws[1])
+    assert not np.array_equal(draws[0], draws[2])
+
+
+def test_sampler_bad_input(fitted_index):
+    _, _, index = fitted_index
+    with pytest.raises(TypeError, match="index"):
+        MagnetBatchSampler("index")
+    with pytest.raises(ValueError, match="m_clusters"):
+        MagnetBatchSampler(index, m_clusters=0)
+    with pytest.raises(TypeError, match="d_per_cluster"):
+        MagnetBatchSampler(index, d_per_cluster=2.0)
+    with pytest.raises(NotFittedError):
+        MagnetBatchSampler(MagnetClusterIndex()).sample()
+
+
+def test_training_loop_round_trip(fitted_index):
+    # The loop an estimator runs: sample, loss, feed back, refresh.
+    E, labels, _ = fitted_index
+    index = MagnetClusterIndex(3, random_state=1).fit(E, labels)
+    sampler = MagnetBatchSampler(index, m_clusters=5, d_per_cluster=4, random_state=1)
+    L = np.eye(E.shape[1])
+    for step in range(1, 21):
+        idx, clusters = sampler.sample()
+        Xb = E[idx]
+        loss, grad, per = magnet_loss(Xb @ L.T, labels[idx], clusters,
+                                      return_per_example=True)
+        index.update_losses(clusters, per)
+        L -= 0.01 * grad.T @ Xb
+        if step % 10 == 0:
+            index.refresh(E @ L.T)
+    assert np.all(np.isfinite(L))
+    np.testing.assert_array_equal(index.cluster_labels_[index.assignments_], labels)
