@@ -56,6 +56,11 @@ _REDUCTIONS = ("mean", "sum", "avg_nonzero")
 # cluster mean, where the unfloored loss would divide 0 by 0.
 VAR_FLOOR = 1e-12
 
+# Below this (in units where the largest |entry| of the batch is in [0.5, 1))
+# the variance is held constant: only rows that agree to about 100 digits get
+# here, and it keeps 1 / (2 sigma^2) finite.
+_VAR_TINY = 1e-200
+
 
 def _check_bool(value, name):
     if not isinstance(value, bool | np.bool_):
@@ -109,6 +114,12 @@ def _magnet_core(X, labels, clusters, alpha, reduction, n_threads):
     """Loss, ``dL/dX`` and per-example losses of a validated float64 batch."""
     B, m = X.shape
     cid, ref, counts, cclass = _batch_clusters(labels, clusters)
+    # The loss is scale-invariant: bring the largest entry into [0.5, 1) by a
+    # power of two (exact), so squared distances can neither overflow nor
+    # underflow, and scale the gradient back the same way.
+    peak = float(np.max(np.abs(X)))
+    exponent = int(np.frexp(peak)[1]) if peak > 0.0 else 0
+    X = np.ldexp(X, -exponent)
     M = counts.shape[0]
     denom = float(max(B - 1, 1))
     threads = threads_for(n_threads, 4.0 * B * M * m)
@@ -128,14 +139,15 @@ def _magnet_core(X, labels, clusters, alpha, reduction, n_threads):
         var = float(np.sum(dist[np.arange(B), cid])) / denom
         total_var = float(np.sum(to_mean)) / denom
         floor = VAR_FLOOR * total_var
-        if var >= floor and var > 0.0:
+        if var >= floor and var >= _VAR_TINY:
             var_eff, regime = var, "var"
-        elif floor > 0.0:
+        elif floor >= _VAR_TINY:
             var_eff, regime = floor, "floor"
         else:
-            # Every row equals every other bit for bit (total variance 0): all
-            # distances are exactly 0, so any variance gives the same loss.
-            var_eff, regime = 1.0, "none"
+            # The rows agree (bit for bit when the total variance is 0, and
+            # then every distance is exactly 0, so any variance gives the same
+            # loss): hold the variance constant.
+            var_eff, regime = _VAR_TINY, "none"
         _mk.example_losses(dist, cid, cclass, alpha, var_eff, prob, losses,
                            has_impostor)
         loss, g = _reduction_weights(losses, reduction)
@@ -150,7 +162,7 @@ def _magnet_core(X, labels, clusters, alpha, reduction, n_threads):
             _mk.mean_gradients(X, mu, prob, g_mu)
             _mk.row_gradients(X, cid, counts, mu, rbar, prob, g_mu, c_var, c_total,
                               grad)
-    return loss, grad, losses
+    return loss, np.ldexp(grad, -exponent), losses
 
 
 def magnet_loss(embeddings, labels, clusters, *, alpha=1.0, normalize=False,

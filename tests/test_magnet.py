@@ -144,7 +144,7 @@ def test_gradient_sums_to_zero_translation_invariance():
     np.testing.assert_allclose(loss2, loss, rtol=1e-12)
 
 
-@pytest.mark.parametrize("scale", [1e-4, 0.37, 12.5, 1e5])
+@pytest.mark.parametrize("scale", [1e-200, 1e-4, 0.37, 12.5, 1e5, 1e200])
 def test_scale_invariance(scale):
     rng = np.random.default_rng(6)
     E, labels, clusters = clustered_batch(rng)
@@ -154,6 +154,17 @@ def test_scale_invariance(scale):
     np.testing.assert_allclose(loss_s, loss, rtol=1e-10)
     np.testing.assert_allclose(grad_s * scale, grad, rtol=1e-9, atol=1e-12)
 
+
+
+def test_power_of_two_scaling_is_exact():
+    # The batch is rescaled by a power of two internally, so these are exact.
+    rng = np.random.default_rng(12)
+    E, labels, clusters = clustered_batch(rng)
+    loss, grad = magnet_loss(E, labels, clusters)
+    for k in (-700, -30, 3, 500):
+        loss_s, grad_s = magnet_loss(np.ldexp(E, k), labels, clusters)
+        assert loss_s == loss
+        np.testing.assert_array_equal(np.ldexp(grad_s, k), grad)
 
 # -- edge cases -------------------------------------------------------------------
 
