@@ -129,7 +129,6 @@ def _magnet_core(X, labels, clusters, alpha, reduction, n_threads):
     to_mean = np.empty(B)
     prob = np.empty((B, M))
     losses = np.empty(B)
-    has_impostor = np.empty(B, dtype=np.bool_)
     with numba_threads(threads):
         _mk.shifted_means(X, cid, ref, counts, mu)
         _mk.shifted_means(X, np.zeros(B, dtype=np.int64), np.zeros(1, dtype=np.int64),
@@ -148,8 +147,7 @@ def _magnet_core(X, labels, clusters, alpha, reduction, n_threads):
             # then every distance is exactly 0, so any variance gives the same
             # loss): hold the variance constant.
             var_eff, regime = _VAR_TINY, "none"
-        _mk.example_losses(dist, cid, cclass, alpha, var_eff, prob, losses,
-                           has_impostor)
+        _mk.example_losses(dist, cid, cclass, alpha, var_eff, prob, losses)
         loss, g = _reduction_weights(losses, reduction)
         grad = np.zeros((B, m))
         if np.any(g):

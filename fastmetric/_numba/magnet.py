@@ -89,7 +89,7 @@ def squared_distances(X, mu, rbar, dist, to_mean):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def example_losses(dist, cid, cclass, alpha, var, prob, losses, has_impostor):
+def example_losses(dist, cid, cclass, alpha, var, prob, losses):
     """Per-example magnet loss, in log space, and the impostor soft-max.
 
     ``l_i = relu(d_i,own / (2 var) + alpha + LSE_c(-d_ic / (2 var)))`` with the
@@ -111,8 +111,6 @@ def example_losses(dist, cid, cclass, alpha, var, prob, losses, has_impostor):
         log-sum-exp (0 for the row's own class).
     losses : ndarray of shape (B,)
         Output: ``l_i``.
-    has_impostor : ndarray of bool, shape (B,)
-        Output: whether the row has an impostor cluster.
     """
     B, M = dist.shape
     scale = 0.5 / var
@@ -128,7 +126,6 @@ def example_losses(dist, cid, cclass, alpha, var, prob, losses, has_impostor):
                 e = -dist[i, c] * scale
                 if e > top:
                     top = e
-        has_impostor[i] = found
         if not found:
             losses[i] = 0.0
             continue
