@@ -28,7 +28,6 @@ and clusters only).
 import numbers
 
 import numpy as np
-from sklearn.cluster import KMeans
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 
@@ -418,6 +417,8 @@ class MagnetClusterIndex:
             n_init = 1
         if k <= 1:
             return np.zeros(Ec.shape[0], dtype=np.int64), 1
+        from sklearn.cluster import KMeans  # ~0.1 s to import: only when used
+
         km = KMeans(n_clusters=k, init="k-means++" if init is None else init,
                     n_init=n_init, max_iter=self.max_iter,
                     random_state=rng.randint(np.iinfo(np.int32).max))
