@@ -14,6 +14,11 @@ memory (plus the mined tuples when given): the all-triplets loss never forms
 a triplet and the lifted losses share one log-sum-exp per row.  This module
 only validates, dispatches and applies the reductions.
 
+Threads: ``n_jobs`` caps the Numba kernels' threads (small batches use one);
+the two matrix products of a call (``X X^T`` and ``W X``) run on one BLAS
+thread, because OpenBLAS's worker threads keep spinning after a product and
+slowed the Numba passes that follow by up to 4x on two cores (measured).
+
 Reductions (``reduction=``): ``"avg_nonzero"`` averages over the terms > 0
 (0 if none), ``"mean"`` over all terms (0 if there is none), ``"sum"`` adds
 them.  The contrastive loss reduces its positive-pair and negative-pair terms
@@ -24,7 +29,7 @@ import numpy as np
 
 from . import _loss_common as lc
 from ._numba import losses as _lk
-from ._threads import numba_threads, threads_for
+from ._threads import kernel_threads, numba_threads, threads_for
 
 __all__ = [
     "contrastive_loss",
@@ -130,7 +135,8 @@ class _Batch:
         # the plumbing's Numba passes do ~10 flops per entry; small batches
         # run them on one thread (waking threads costs more than it saves)
         self.pass_threads = threads_for(self.n_threads, 10.0 * self.size * self.size)
-        self.D, self.sq = lc.distance_matrix(self.X, self.pass_threads)
+        with kernel_threads():
+            self.D, self.sq = lc.distance_matrix(self.X, self.pass_threads)
         return self.D
 
     def kernel_threads(self, flops_per_entry):
@@ -143,7 +149,8 @@ class _Batch:
 
     def gradient(self, C, scale=1.0):
         """``dL/dE`` from ``C = dL/dD`` (times ``scale``), in the input dtype."""
-        grad = lc.distance_backward(C, self.D, self.X, self.sq, self.pass_threads)
+        with kernel_threads():
+            grad = lc.distance_backward(C, self.D, self.X, self.sq, self.pass_threads)
         if scale != 1.0:
             grad *= scale
         if self.normalize:
@@ -458,9 +465,11 @@ def lifted_structure_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
         C = np.empty((B, B))
         sums = np.empty(B)
         counts = np.empty((B, 2), dtype=np.int64)
-        with batch.kernel_threads(30):
-            _lk.lifted_all_pairs(D, batch.labels, pos_margin, neg_margin, C, row_max,
-                                 row_lse, sums, counts)
+        with batch.kernel_threads(10):
+            _lk.lifted_shifted_negatives(D, batch.labels, neg_margin, C, row_max)
+            np.exp(C, out=C)
+            _lk.lifted_all_pairs(D, batch.labels, pos_margin, C, row_max, row_lse,
+                                 sums, counts)
         total = sums.sum()
         n_active, n_terms = counts.sum(axis=0)
     else:
@@ -563,10 +572,15 @@ def generalized_lifted_structure_loss(embeddings, labels, *, pos_margin=0.0,
         use_masks = True
     D = batch.distances()
     C = np.empty((B, B))
+    p_max = np.empty(B)
+    n_max = np.empty(B)
     row_loss = np.empty(B)
-    with batch.kernel_threads(30):
-        _lk.generalized_lifted(D, labels, pos_mask, neg_mask, use_masks, pos_margin,
-                               neg_margin, C, row_loss)
+    with batch.kernel_threads(10):
+        _lk.generalized_lifted_shifted(D, labels, pos_mask, neg_mask, use_masks,
+                                       pos_margin, neg_margin, C, p_max, n_max)
+        np.exp(C, out=C)
+        _lk.generalized_lifted(labels, pos_mask, neg_mask, use_masks, C, p_max,
+                               n_max, row_loss)
     n_active = int(np.count_nonzero(row_loss > 0.0))
     loss, weight = _reduce(row_loss.sum(), n_active, B, batch.reduction)
     if n_active == 0 or weight == 0.0:

@@ -400,8 +400,40 @@ def triplet_list(D, a, p, n, margin, C):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def lifted_all_pairs(D, labels, pos_margin, neg_margin, C, row_max, row_lse, sums,
-                     counts):
+def lifted_shifted_negatives(D, labels, neg_margin, C, row_max):
+    """First step of :func:`lifted_all_pairs`: shifted exponents of the negatives.
+
+    Writes ``C[i, k] = neg_margin - d_ik - max_i`` for the negatives ``k`` of
+    row ``i`` (``max_i`` their largest ``neg_margin - d``) and ``-inf``
+    elsewhere, so that one vectorised ``exp`` (NumPy's, several times faster
+    than a scalar loop) turns ``C`` into the shifted exponentials.
+
+    Parameters
+    ----------
+    D : ndarray of shape (B, B)
+    labels : ndarray of int64, shape (B,)
+    neg_margin : float
+    C : ndarray of shape (B, B)
+        Out.
+    row_max : ndarray of shape (B,)
+        Out: ``max_i`` (``-inf`` for a row without negatives).
+    """
+    B = D.shape[0]
+    for i in prange(B):
+        li = labels[i]
+        mx = -np.inf
+        for k in range(B):
+            if labels[k] != li:
+                v = neg_margin - D[i, k]
+                if v > mx:
+                    mx = v
+        row_max[i] = mx
+        for k in range(B):
+            C[i, k] = (neg_margin - D[i, k]) - mx if labels[k] != li else -np.inf
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def lifted_all_pairs(D, labels, pos_margin, C, row_max, row_lse, sums, counts):
     """Lifted structured loss over all ordered positive pairs of the batch.
 
     Pair ``(i, j)`` has ``J_ij = log(sum_{k neg of i} e^{m - d_ik} +
@@ -415,41 +447,29 @@ def lifted_all_pairs(D, labels, pos_margin, neg_margin, C, row_max, row_lse, sum
     ----------
     D : ndarray of shape (B, B)
     labels : ndarray of int64, shape (B,)
-    pos_margin, neg_margin : float
+    pos_margin : float
     C : ndarray of shape (B, B)
-        Out (every entry written): ``dL/dD`` of the unreduced sum of the terms.
-    row_max, row_lse : ndarray of shape (B,)
-        Work: per row, the largest ``neg_margin - d`` over its negatives and
-        their log-sum-exp.
+        In: ``exp`` of :func:`lifted_shifted_negatives`' output (0 off the
+        negatives).  Out (every entry written): ``dL/dD`` of the unreduced
+        sum of the terms.
+    row_max : ndarray of shape (B,)
+        From :func:`lifted_shifted_negatives`.
+    row_lse : ndarray of shape (B,)
+        Work: each row's negative log-sum-exp.
     sums : ndarray of shape (B,)
         Out: per row ``i``, the sum of the terms of the pairs ``(i, j)``.
     counts : ndarray of int64, shape (B, 2)
         Out: per row, the number of those terms > 0 and of positive pairs.
     """
     B = D.shape[0]
-    # Pass 1: each row's shifted negative exponentials (kept in C) and LSE.
     for i in prange(B):
-        li = labels[i]
-        mx = -np.inf
-        for k in range(B):
-            if labels[k] != li:
-                v = neg_margin - D[i, k]
-                if v > mx:
-                    mx = v
-        if mx == -np.inf:  # no negative: the front-end never gets here
-            mx = 0.0
         s = 0.0
         for k in range(B):
-            e = 0.0
-            if labels[k] != li:
-                e = np.exp(neg_margin - D[i, k] - mx)
-                s += e
-            C[i, k] = e
-        row_max[i] = mx
-        row_lse[i] = mx + np.log(s) if s > 0.0 else -np.inf
-    # Pass 2: the positive pairs of row i, then the weight r_i that every
-    # negative exponential of row i carries: r_i = sum over the pairs that
-    # contain i, (i, j) and (j, i), of relu(z) e^{max_i - J}.
+            s += C[i, k]
+        row_lse[i] = row_max[i] + np.log(s) if s > 0.0 else -np.inf
+    # Per row i: its positive pairs, then the weight r_i that every negative
+    # exponential of row i carries, r_i = sum over the pairs that contain i,
+    # (i, j) and (j, i), of relu(z) e^{max_i - J}.
     for i in prange(B):
         li = labels[i]
         lse_i = row_lse[i]
@@ -468,24 +488,29 @@ def lifted_all_pairs(D, labels, pos_margin, neg_margin, C, row_max, row_lse, sum
             elif lse_i != -np.inf:
                 share = np.exp(mx_i - J)
             z = J + D[i, j] - pos_margin
-            g = z if z > 0.0 else 0.0
-            term = 0.5 * g * g
-            total += term
-            if term > 0.0:
-                n_active += 1
+            if z > 0.0:
+                term = 0.5 * z * z
+                total += term
+                if term > 0.0:
+                    n_active += 1
+                r += z * share
             n_pairs += 1
-            C[i, j] = g
-            r += g * share
             z = J + D[j, i] - pos_margin
             if z > 0.0:
                 r += z * share
         sums[i] = total
         counts[i, 0] = n_active
         counts[i, 1] = n_pairs
-        C[i, i] = 0.0
+        # negatives: -r e^{m - d - max_i}; positives: relu(z_ij); diagonal 0
         for k in range(B):
-            if labels[k] != li:
-                C[i, k] *= -r
+            C[i, k] *= -r
+        for j in range(B):
+            if labels[j] == li:
+                z = _logaddexp(lse_i, row_lse[j])
+                if z == -np.inf:
+                    z = 0.0
+                z += D[i, j] - pos_margin
+                C[i, j] = z if z > 0.0 and j != i else 0.0
 
 
 @njit(nogil=True, cache=True)
@@ -568,13 +593,28 @@ def lifted_pairs(D, a1, p, a2, n, pos_margin, neg_margin, C, row_max, row_lse,
 # ---------------------------------------------------------------------------
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def generalized_lifted(D, labels, pos_mask, neg_mask, use_masks, pos_margin,
-                       neg_margin, C, row_loss):
-    """Generalized lifted structured loss, one term per row.
+@njit(nogil=True, cache=True)
+def _row_kinds(i, labels, pos_mask, neg_mask, use_masks, kinds):
+    """Row ``i``'s pair kinds: 1 positive, -1 negative, 0 neither."""
+    B = kinds.shape[0]
+    if use_masks:
+        for j in range(B):
+            kinds[j] = 1 if pos_mask[i, j] else (-1 if neg_mask[i, j] else 0)
+    else:
+        li = labels[i]
+        for j in range(B):
+            kinds[j] = 1 if labels[j] == li else -1
+        kinds[i] = 0
 
-    Row ``i``: ``relu(LSE_{j pos}(d_ij - pos_margin) + LSE_{k neg}(neg_margin -
-    d_ik))``, an empty log-sum-exp counting 0.
+
+@njit(parallel=True, nogil=True, cache=True)
+def generalized_lifted_shifted(D, labels, pos_mask, neg_mask, use_masks, pos_margin,
+                               neg_margin, C, p_max, n_max):
+    """First step of :func:`generalized_lifted`: the shifted exponents.
+
+    Writes ``C[i, j] = d_ij - pos_margin - p_max_i`` for positives,
+    ``neg_margin - d_ij - n_max_i`` for negatives and ``-inf`` elsewhere, so
+    that one vectorised ``exp`` turns ``C`` into the shifted exponentials.
 
     Parameters
     ----------
@@ -587,61 +627,81 @@ def generalized_lifted(D, labels, pos_mask, neg_mask, use_masks, pos_margin,
     use_masks : bool
     pos_margin, neg_margin : float
     C : ndarray of shape (B, B)
-        Out (every entry written): ``dL/dD`` of the unreduced sum of the terms.
-    row_loss : ndarray of shape (B,)
-        Out: each row's term.
+        Out.
+    p_max, n_max : ndarray of shape (B,)
+        Out: per row, the largest positive and negative exponent (``-inf``
+        if none).
     """
     B = D.shape[0]
     for i in prange(B):
-        # the row's pair kinds once (1 positive, -1 negative, 0 neither), so
-        # the three sweeps below are branch-light
         kinds = np.empty(B, dtype=np.int8)
-        if use_masks:
-            for j in range(B):
-                kinds[j] = 1 if pos_mask[i, j] else (-1 if neg_mask[i, j] else 0)
-        else:
-            li = labels[i]
-            for j in range(B):
-                kinds[j] = 1 if labels[j] == li else -1
-            kinds[i] = 0
-        p_max = -np.inf
-        n_max = -np.inf
+        _row_kinds(i, labels, pos_mask, neg_mask, use_masks, kinds)
+        pm = -np.inf
+        nm = -np.inf
         for j in range(B):
             k = kinds[j]
             if k == 1:
                 v = D[i, j] - pos_margin
-                if v > p_max:
-                    p_max = v
+                if v > pm:
+                    pm = v
             elif k == -1:
                 v = neg_margin - D[i, j]
-                if v > n_max:
-                    n_max = v
+                if v > nm:
+                    nm = v
+        p_max[i] = pm
+        n_max[i] = nm
+        for j in range(B):
+            k = kinds[j]
+            if k == 1:
+                C[i, j] = (D[i, j] - pos_margin) - pm
+            elif k == -1:
+                C[i, j] = (neg_margin - D[i, j]) - nm
+            else:
+                C[i, j] = -np.inf
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def generalized_lifted(labels, pos_mask, neg_mask, use_masks, C, p_max, n_max,
+                       row_loss):
+    """Generalized lifted structured loss, one term per row.
+
+    Row ``i``: ``relu(LSE_{j pos}(d_ij - pos_margin) + LSE_{k neg}(neg_margin -
+    d_ik))``, an empty log-sum-exp counting 0.
+
+    Parameters
+    ----------
+    labels, pos_mask, neg_mask, use_masks
+        As for :func:`generalized_lifted_shifted`.
+    C : ndarray of shape (B, B)
+        In: ``exp`` of :func:`generalized_lifted_shifted`'s output.  Out:
+        ``dL/dD`` of the unreduced sum of the terms (softmax weights of each
+        active row, the negatives' with a minus sign).
+    p_max, n_max : ndarray of shape (B,)
+        From :func:`generalized_lifted_shifted`.
+    row_loss : ndarray of shape (B,)
+        Out: each row's term.
+    """
+    B = C.shape[0]
+    for i in prange(B):
+        kinds = np.empty(B, dtype=np.int8)
+        _row_kinds(i, labels, pos_mask, neg_mask, use_masks, kinds)
         p_sum = 0.0
         n_sum = 0.0
         for j in range(B):
             k = kinds[j]
-            e = 0.0
             if k == 1:
-                e = np.exp(D[i, j] - pos_margin - p_max)
-                p_sum += e
+                p_sum += C[i, j]
             elif k == -1:
-                e = np.exp(neg_margin - D[i, j] - n_max)
-                n_sum += e
-            C[i, j] = e
-        p_lse = p_max + np.log(p_sum) if p_sum > 0.0 else 0.0
-        n_lse = n_max + np.log(n_sum) if n_sum > 0.0 else 0.0
+                n_sum += C[i, j]
+        p_lse = p_max[i] + np.log(p_sum) if p_sum > 0.0 else 0.0
+        n_lse = n_max[i] + np.log(n_sum) if n_sum > 0.0 else 0.0
         z = p_lse + n_lse
         if z > 0.0:
             row_loss[i] = z
-            # softmax weights e / sum, the negatives' with a minus sign
             p_scale = 1.0 / p_sum if p_sum > 0.0 else 0.0
             n_scale = -1.0 / n_sum if n_sum > 0.0 else 0.0
             for j in range(B):
-                k = kinds[j]
-                if k == 1:
-                    C[i, j] *= p_scale
-                elif k == -1:
-                    C[i, j] *= n_scale
+                C[i, j] *= p_scale if kinds[j] == 1 else n_scale
         else:
             row_loss[i] = 0.0
             for j in range(B):
