@@ -586,3 +586,13 @@ def generalized_lifted_structure_loss(embeddings, labels, *, pos_margin=0.0,
     if n_active == 0 or weight == 0.0:
         return loss, np.zeros(batch.E.shape, dtype=batch.dtype)
     return loss, batch.gradient(C, weight)
+
+
+# The magnet loss (Rippel et al., 2016) lives in its own module with its
+# cluster index and batch sampler; it is re-exported here next to the others.
+try:
+    from .magnet import magnet_loss  # noqa: E402, F401
+except ImportError:  # pragma: no cover - a partial installation
+    pass
+else:
+    __all__.append("magnet_loss")
