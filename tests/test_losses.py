@@ -166,6 +166,29 @@ def test_all_pairs_as_mined_tuples_equal_labels(name, layout):
         np.testing.assert_allclose(pair_grad, grad, rtol=1e-10, atol=1e-13)
 
 
+def test_triplet_many_positives_per_anchor():
+    """Above 128 positives per anchor the ranks come from binary search."""
+    rng = np.random.default_rng(8)
+    y = np.repeat([0, 1, 2], [140, 20, 20])
+    E = rng.standard_normal((180, 5))
+    blocks = []
+    for a in range(len(y)):
+        pos = np.flatnonzero((y == y[a]) & (np.arange(len(y)) != a))
+        neg = np.flatnonzero(y != y[a])
+        p, n = np.meshgrid(pos, neg, indexing="ij")
+        blocks.append(np.stack([np.full(p.size, a), p.ravel(), n.ravel()]))
+    triplets = np.concatenate(blocks, axis=1)
+    pairs = tuple(np.array(t, dtype=np.int64) for t in ref.all_pairs(y))
+    for reduction in REDUCTIONS:
+        loss, grad = losses.triplet_margin_loss(E, y, margin=0.3, reduction=reduction)
+        for tuples in (tuple(triplets), pairs):
+            t_loss, t_grad = losses.triplet_margin_loss(
+                E, None, margin=0.3, reduction=reduction, indices_tuple=tuples)
+            np.testing.assert_allclose(loss, t_loss, rtol=1e-11)
+            np.testing.assert_allclose(grad, t_grad, rtol=1e-9,
+                                       atol=1e-12 * np.abs(grad).max())
+
+
 def test_triplet_from_pairs_counts_repeats():
     E, y = _layout("random", 1)
     a1 = np.array([0, 0, 3, 3, 0])
