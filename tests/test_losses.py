@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastmetric._threads
+from fastmetric import _loss_common as lc
 from fastmetric import losses
 
 LOSSES = {
@@ -258,6 +259,41 @@ def test_gradient_matches_finite_differences(name, normalize, reduction):
     fd = _central_diff(
         lambda Z: fn(Z, y, normalize=normalize, reduction=reduction, **options)[0], E)
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-7 * np.abs(fd).max())
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("mined", [False, True])
+def test_contrastive_direct_gradient_equals_dense_route(normalize, reduction, mined):
+    """The contrastive kernel sums its gradient pair by pair; the dL/dD route of
+    the shared plumbing must give the same, duplicates and a near pair included."""
+    E, y = _layout("duplicates", 3, B=11, m=3)
+    E[4] += 1e-9
+    y[4], y[9] = 0, 1  # the near pair (4, 9) is an active negative pair
+    if not normalize:
+        E = E * 0.4
+    tuples = _mined(2, 11, "pairs", 30) if mined else None
+    pm, nm = 0.1, 1.2
+    _, grad = losses.contrastive_loss(E, y, pos_margin=pm, neg_margin=nm,
+                                      normalize=normalize, reduction=reduction,
+                                      indices_tuple=tuples)
+    X, norms = lc.l2_normalize(E) if normalize else (E, None)
+    D, sq = lc.distance_matrix(X, 1)
+    a1, p, a2, n = ref.pairs_of(y, tuples)
+    C = np.zeros((11, 11))
+    for pairs, slope, sign in (((a1, p), lambda d: d - pm, 1.0),
+                               ((a2, n), lambda d: nm - d, -1.0)):
+        terms = np.array([slope(D[i, j]) for i, j in zip(*pairs, strict=True)])
+        active = terms > 0
+        count = {"sum": 1, "mean": len(terms), "avg_nonzero": active.sum()}[reduction]
+        for (i, j), on in zip(zip(*pairs, strict=True), active, strict=True):
+            if on:
+                C[i, j] += sign / count
+    dense = lc.distance_backward(C, D, X, sq, 1)
+    if normalize:
+        dense = lc.l2_normalize_backward(dense, X, norms)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, dense, rtol=1e-9, atol=1e-12 * np.abs(dense).max())
 
 
 @pytest.mark.parametrize("name", NAMES)

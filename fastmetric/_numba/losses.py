@@ -39,85 +39,100 @@ def _logaddexp(x, y):
 # Contrastive loss
 # ---------------------------------------------------------------------------
 
+# Rows per block of the contrastive kernel: the block's column of ``D`` is read
+# as short contiguous runs instead of one element per row (a column walk costs
+# a TLB miss per element once ``D`` outgrows the cache).
+_ROW_BLOCK = 16
+
 
 @njit(parallel=True, nogil=True, cache=True)
-def contrastive_all_pairs(D, labels, pos_margin, neg_margin, sums, counts):
-    """Per-row sums and counts of the contrastive terms over all ordered pairs.
+def contrastive_all_pairs(X, D, labels, pos_margin, neg_margin, sums, counts,
+                          grad_pos, grad_neg):
+    """Contrastive terms over all ordered pairs, and their gradients, in one pass.
 
     Positive terms ``relu(d - pos_margin)``, negative terms
-    ``relu(neg_margin - d)``.
+    ``relu(neg_margin - d)``.  The gradient is linear in the reduction's two
+    weights, so the gradients of the two unweighted sums are returned and the
+    caller combines them.  They are summed pair by pair,
+    ``(x_i - x_j) / d_ij`` per active pair, in ``O(B^2 + n_active m)``: no
+    ``dL/dD`` matrix and no matrix product (with every pair active this costs
+    about what the dense route does; usually only the positives and a few
+    negatives are).  Row ``i`` gathers both orders ``(i, j)`` and ``(j, i)``,
+    so blocks of rows are independent.  Zero-distance pairs contribute
+    nothing (the subgradient of ``torch.cdist``).
 
     Parameters
     ----------
+    X : ndarray of shape (B, m)
     D : ndarray of shape (B, B)
     labels : ndarray of int64, shape (B,)
     pos_margin, neg_margin : float
     sums : ndarray of shape (B, 2)
-        Out: per row, the sum of the positive and of the negative terms.
+        Out: per row ``i``, the sum of the positive and of the negative terms
+        of the pairs ``(i, j)``.
     counts : ndarray of int64, shape (B, 4)
         Out: per row, the number of positive terms > 0, of positive pairs, of
         negative terms > 0 and of negative pairs.
+    grad_pos, grad_neg : ndarray of shape (B, m)
+        Out: gradients with respect to ``X`` of the sums of the positive and
+        of the negative terms.
     """
-    B = D.shape[0]
-    for i in prange(B):
-        li = labels[i]
-        ps = 0.0
-        ns = 0.0
-        p_active = 0
-        p_all = 0
-        n_active = 0
-        n_all = 0
+    B, m = X.shape
+    n_blocks = (B + _ROW_BLOCK - 1) // _ROW_BLOCK
+    for blk in prange(n_blocks):
+        i0 = blk * _ROW_BLOCK
+        i1 = min(B, i0 + _ROW_BLOCK)
+        for i in range(i0, i1):
+            sums[i, 0] = 0.0
+            sums[i, 1] = 0.0
+            for c in range(4):
+                counts[i, c] = 0
+            for k in range(m):
+                grad_pos[i, k] = 0.0
+                grad_neg[i, k] = 0.0
         for j in range(B):
-            if j == i:
-                continue
-            d = D[i, j]
-            if labels[j] == li:
-                p_all += 1
-                t = d - pos_margin
-                if t > 0.0:
-                    ps += t
-                    p_active += 1
-            else:
-                n_all += 1
-                t = neg_margin - d
-                if t > 0.0:
-                    ns += t
-                    n_active += 1
-        sums[i, 0] = ps
-        sums[i, 1] = ns
-        counts[i, 0] = p_active
-        counts[i, 1] = p_all
-        counts[i, 2] = n_active
-        counts[i, 3] = n_all
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def contrastive_all_pairs_grad(D, labels, pos_margin, neg_margin, w_pos, w_neg, C):
-    """``C = dL/dD`` of ``w_pos * sum(pos terms) + w_neg * sum(neg terms)``.
-
-    Every entry of ``C`` is written (zero off the active pairs).
-    """
-    B = D.shape[0]
-    for i in prange(B):
-        li = labels[i]
-        for j in range(B):
-            c = 0.0
-            if j != i:
+            lj = labels[j]
+            for i in range(i0, i1):
+                if i == j:
+                    continue
                 d = D[i, j]
-                if labels[j] == li:
-                    if d - pos_margin > 0.0:
-                        c = w_pos
-                elif neg_margin - d > 0.0:
-                    c = -w_neg
-            C[i, j] = c
+                if labels[i] == lj:
+                    counts[i, 1] += 1
+                    t = d - pos_margin
+                    active = t > 0.0
+                    if active:
+                        sums[i, 0] += t
+                        counts[i, 0] += 1
+                    n_act = active + (D[j, i] - pos_margin > 0.0)
+                    if n_act and d > 0.0:
+                        w = n_act / d
+                        for k in range(m):
+                            grad_pos[i, k] += w * (X[i, k] - X[j, k])
+                else:
+                    counts[i, 3] += 1
+                    t = neg_margin - d
+                    active = t > 0.0
+                    if active:
+                        sums[i, 1] += t
+                        counts[i, 2] += 1
+                    n_act = active + (neg_margin - D[j, i] > 0.0)
+                    if n_act and d > 0.0:
+                        w = n_act / d
+                        for k in range(m):
+                            grad_neg[i, k] -= w * (X[i, k] - X[j, k])
 
 
 @njit(nogil=True, cache=True)
-def contrastive_pairs(D, a1, p, a2, n, pos_margin, neg_margin, sums, counts):
-    """Sums and counts of the contrastive terms over explicit pair lists.
+def contrastive_pairs(X, D, a1, p, a2, n, pos_margin, neg_margin, sums, counts,
+                      grad_pos, grad_neg):
+    """Contrastive terms over explicit pair lists, and their gradients.
+
+    As :func:`contrastive_all_pairs`, in ``O(n_pairs m)``; a pair listed
+    twice counts twice.
 
     Parameters
     ----------
+    X : ndarray of shape (B, m)
     D : ndarray of shape (B, B)
     a1, p : ndarray of int64, shape (n_pos,)
         Positive pairs ``(a1[k], p[k])``.
@@ -128,43 +143,42 @@ def contrastive_pairs(D, a1, p, a2, n, pos_margin, neg_margin, sums, counts):
         Out: sum of the positive terms, sum of the negative terms.
     counts : ndarray of int64, shape (2,)
         Out: number of positive terms > 0, of negative terms > 0.
+    grad_pos, grad_neg : ndarray of shape (B, m)
+        Zero on entry; receive the gradients of the two sums.
     """
-    ps = 0.0
-    pk = 0
-    for k in range(a1.shape[0]):
-        t = D[a1[k], p[k]] - pos_margin
-        if t > 0.0:
-            ps += t
-            pk += 1
-    ns = 0.0
-    nk = 0
-    for k in range(a2.shape[0]):
-        t = neg_margin - D[a2[k], n[k]]
-        if t > 0.0:
-            ns += t
-            nk += 1
-    sums[0] = ps
-    sums[1] = ns
-    counts[0] = pk
-    counts[1] = nk
-
-
-@njit(nogil=True, cache=True)
-def contrastive_pairs_grad(D, a1, p, a2, n, pos_margin, neg_margin, w_pos, w_neg, C):
-    """Add ``dL/dD`` of the weighted contrastive terms of pair lists to ``C``.
-
-    ``C`` must start at zero; a pair listed twice counts twice.
-    """
-    for k in range(a1.shape[0]):
-        i = a1[k]
-        j = p[k]
-        if D[i, j] - pos_margin > 0.0:
-            C[i, j] += w_pos
-    for k in range(a2.shape[0]):
-        i = a2[k]
-        j = n[k]
-        if neg_margin - D[i, j] > 0.0:
-            C[i, j] -= w_neg
+    m = X.shape[1]
+    sums[0] = 0.0
+    sums[1] = 0.0
+    counts[0] = 0
+    counts[1] = 0
+    for t in range(a1.shape[0]):
+        i = a1[t]
+        j = p[t]
+        d = D[i, j]
+        v = d - pos_margin
+        if v > 0.0:
+            sums[0] += v
+            counts[0] += 1
+            if d > 0.0 and i != j:
+                w = 1.0 / d
+                for k in range(m):
+                    g = w * (X[i, k] - X[j, k])
+                    grad_pos[i, k] += g
+                    grad_pos[j, k] -= g
+    for t in range(a2.shape[0]):
+        i = a2[t]
+        j = n[t]
+        d = D[i, j]
+        v = neg_margin - d
+        if v > 0.0:
+            sums[1] += v
+            counts[1] += 1
+            if d > 0.0 and i != j:
+                w = 1.0 / d
+                for k in range(m):
+                    g = w * (X[i, k] - X[j, k])
+                    grad_neg[i, k] -= g
+                    grad_neg[j, k] += g
 
 
 # ---------------------------------------------------------------------------
