@@ -166,7 +166,17 @@ class TripletMarginLoss(_PairLoss):
                              n_jobs=n_jobs)
 
 
-class LiftedStructureLoss(_PairLoss):
+class _LiftedLoss(_PairLoss):
+    """The lifted losses' options, in pytorch-metric-learning's order."""
+
+    def __init__(self, neg_margin=1.0, pos_margin=0.0, *, normalize=True,
+                 reduction="mean", n_jobs=None):
+        super().__init__()
+        self._options = dict(pos_margin=pos_margin, neg_margin=neg_margin,
+                             normalize=normalize, reduction=reduction, n_jobs=n_jobs)
+
+
+class LiftedStructureLoss(_LiftedLoss):
     """Lifted structured loss.
 
     See :func:`fastmetric.losses.lifted_structure_loss` for the definition.
@@ -182,14 +192,8 @@ class LiftedStructureLoss(_PairLoss):
 
     _kernel = staticmethod(_losses.lifted_structure_loss)
 
-    def __init__(self, neg_margin=1.0, pos_margin=0.0, *, normalize=True,
-                 reduction="mean", n_jobs=None):
-        super().__init__()
-        self._options = dict(pos_margin=pos_margin, neg_margin=neg_margin,
-                             normalize=normalize, reduction=reduction, n_jobs=n_jobs)
 
-
-class GeneralizedLiftedStructureLoss(_PairLoss):
+class GeneralizedLiftedStructureLoss(_LiftedLoss):
     """Generalized lifted structured loss.
 
     See :func:`fastmetric.losses.generalized_lifted_structure_loss`.
@@ -204,12 +208,6 @@ class GeneralizedLiftedStructureLoss(_PairLoss):
     """
 
     _kernel = staticmethod(_losses.generalized_lifted_structure_loss)
-
-    def __init__(self, neg_margin=1.0, pos_margin=0.0, *, normalize=True,
-                 reduction="mean", n_jobs=None):
-        super().__init__()
-        self._options = dict(pos_margin=pos_margin, neg_margin=neg_margin,
-                             normalize=normalize, reduction=reduction, n_jobs=n_jobs)
 
 
 class MagnetLoss(_KernelLoss):
