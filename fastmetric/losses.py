@@ -171,7 +171,7 @@ def _reduce(total, n_active, n_terms, reduction):
     """The reduced loss and the weight every term's gradient gets."""
     if reduction == "sum":
         return float(total), 1.0
-    denom = n_active if reduction == "avg_nonzero" else n_terms
+    denom = int(n_active if reduction == "avg_nonzero" else n_terms)
     if denom == 0:
         return 0.0, 0.0
     return float(total) / denom, 1.0 / denom
@@ -231,9 +231,13 @@ def contrastive_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
 
     Notes
     -----
-    ``O(B^2)`` time and memory for ``B`` rows.  With no positive (no negative)
-    pair the positive (negative) part is 0; identical embeddings have zero
-    distance and get a zero gradient from that pair.
+    ``O(B^2 + n_active m)`` time and ``O(B^2)`` memory (the distance matrix)
+    for ``B`` rows of ``m`` dimensions: the gradient is summed over the
+    active pairs directly, without a ``dL/dD`` matrix.  With no positive (no
+    negative) pair the positive (negative) part is 0; identical embeddings
+    have zero distance and get a zero gradient from that pair.  Mined tuples
+    with a single pair are scored (PML returns 0 whenever every list has at
+    most one entry).
 
     Examples
     --------
@@ -333,11 +337,15 @@ def triplet_margin_loss(embeddings, labels, *, margin=0.05, normalize=True,
 
     Notes
     -----
-    All ``O(B^3)`` triplets are summed in ``O(B^2 log B)`` time and ``O(B^2)``
-    memory: per anchor the positive distances are sorted once, every negative
-    is placed among them by binary search and prefix sums give each
-    positive's active negatives and their terms.  Explicit triplets cost
-    ``O(n_triplets)``.  A batch without any triplet (one class, or only
+    The ``O(B^3)`` triplets are summed without visiting them, in ``O(B^2)``
+    memory: per anchor the ``P`` positive distances are sorted once, every
+    negative gets its rank among them (a vectorised sweep for ``P <= 128``,
+    binary search above, so at most ``O(B^2 min(P, 128 + log P))`` simple
+    comparisons) and prefix sums over the ranks give each positive's active
+    negatives and the sum of their terms; the count of non-zero terms is
+    exact (each rank uses the term's own floating-point test).  Explicit
+    triplets cost ``O(n_triplets)``; pairs ``(a1, p, a2, n)`` cost
+    ``O(B^2 + n_pairs)``.  A batch without any triplet (one class, or only
     singleton classes) has loss 0 and a zero gradient.
 
     Examples
@@ -438,7 +446,8 @@ def lifted_structure_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
     log-sum-exps over the negatives, so the loss costs ``O(B^2)`` time and
     memory (PML forms a positive-pairs x negative-pairs matrix, ``O(B^4)``).
     With no positive pair or no negative pair at all (e.g. one class) the loss
-    is 0 with a zero gradient.
+    is 0 with a zero gradient.  Mined tuples with a single pair each are
+    scored (PML returns 0 whenever every list has at most one entry).
 
     Examples
     --------
@@ -535,7 +544,8 @@ def generalized_lifted_structure_loss(embeddings, labels, *, pos_margin=0.0,
     -----
     ``O(B^2)`` time and memory; the log-sum-exps are max-shifted.  A batch
     with one class still has positive terms (the negative part is 0), as in
-    PML; a batch of one row has loss 0.
+    PML; a batch of one row has loss 0.  Mined tuples with a single pair each
+    are scored (PML returns 0 whenever every list has at most one entry).
 
     Examples
     --------

@@ -102,7 +102,7 @@ def test_matches_reference(name, layout, reduction, normalize):
         E, y = _layout(layout, seed)
         loss, grad = fn(E, y, normalize=normalize, reduction=reduction, **options)
         expected = reference(E, y, normalize=normalize, reduction=reduction, **options)
-        assert isinstance(loss, float)
+        assert type(loss) is float
         np.testing.assert_allclose(loss, expected, rtol=1e-10, atol=1e-12)
         assert grad.shape == E.shape and grad.dtype == np.float64
         assert np.all(np.isfinite(grad))
@@ -386,7 +386,7 @@ def test_float32_input_gives_float32_gradient(name):
     loss64, grad64 = fn(E, y, **options)
     loss32, grad32 = fn(E.astype(np.float32), y, **options)
     assert grad32.dtype == np.float32
-    assert isinstance(loss32, float)
+    assert type(loss32) is float
     np.testing.assert_allclose(loss32, loss64, rtol=1e-5)
     np.testing.assert_allclose(grad32, grad64, rtol=1e-3,
                                atol=1e-5 * np.abs(grad64).max())

@@ -6,13 +6,15 @@ every triplet of the batch) or explicit index lists (a miner's tuples), fills
 ``C = dL/dD`` for the *unreduced* sum of the loss terms (the front-end scales
 the gradient by the reduction's weight, which is known only once the active
 terms are counted) and returns or writes the sums and counts the reductions
-need.  No validation happens here: indices are in range, arrays contiguous.
+need.  The contrastive kernels instead sum the gradient with respect to the
+embeddings directly over the active pairs (few, as a rule).  No validation
+happens here: indices are in range, arrays contiguous.
 
 Nothing here allocates more than ``O(B^2 + n_tuples)``: the all-triplets loss
 never visits a triplet (per anchor it sorts the positive distances once and
-places every negative among them by binary search; prefix sums over those
-places give each positive's active negatives and the sum of their terms), and
-the lifted losses share one max-shifted log-sum-exp per row.
+ranks every negative among them; prefix sums over the ranks give each
+positive's active negatives and the sum of their terms), and the lifted
+losses share one max-shifted log-sum-exp per row.
 """
 
 import numpy as np
