@@ -472,7 +472,7 @@ def lifted_structure_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
             return batch.zero()
     D = batch.distances()
     row_max = np.empty(B)
-    row_lse = np.empty(B)
+    row_work = np.empty(B)
     if batch.indices is None:
         C = np.empty((B, B))
         sums = np.empty(B)
@@ -480,14 +480,14 @@ def lifted_structure_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
         with batch.kernel_threads(18):
             _lk.lifted_shifted_negatives(D, batch.labels, neg_margin, C, row_max)
             np.exp(C, out=C)
-            _lk.lifted_all_pairs(D, batch.labels, pos_margin, C, row_max, row_lse,
+            _lk.lifted_all_pairs(D, batch.labels, pos_margin, C, row_max, row_work,
                                  sums, counts)
         total = sums.sum()
         n_active, n_terms = counts.sum(axis=0)
     else:
         C = np.zeros((B, B))
         total, n_active = _lk.lifted_pairs(D, a1, p, a2, n, pos_margin, neg_margin,
-                                           C, row_max, row_lse, np.empty(B))
+                                           C, row_max, row_work, np.empty(B))
         n_terms = len(a1)
     loss, weight = _reduce(total, n_active, n_terms, batch.reduction)
     if n_active == 0 or weight == 0.0:

@@ -448,16 +448,35 @@ def lifted_shifted_negatives(D, labels, neg_margin, C, row_max):
             C[i, k] = (neg_margin - D[i, k]) - mx if labels[k] != li else -np.inf
 
 
+@njit(nogil=True, cache=True)
+def _pair_lse(s_i, mx_i, s_j, mx_j):
+    """``J = log(e^{mx_i} s_i + e^{mx_j} s_j)`` and ``share_i = e^{mx_i - J}``.
+
+    ``s`` are a row's shifted sums of exponentials (``s = 0``: no negatives,
+    ``mx`` then unused).  One ``exp`` and one ``log`` per pair, shifted by the
+    larger maximum so nothing overflows; two empty rows give ``J = 0``.
+    """
+    if s_i == 0.0 and s_j == 0.0:
+        return 0.0, 0.0
+    if s_j == 0.0 or (s_i > 0.0 and mx_i >= mx_j):
+        u = np.exp(mx_j - mx_i) if s_j > 0.0 else 0.0
+        total = s_i + s_j * u
+        return mx_i + np.log(total), 1.0 / total
+    u = np.exp(mx_i - mx_j) if s_i > 0.0 else 0.0
+    total = s_j + s_i * u
+    return mx_j + np.log(total), u / total
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def lifted_all_pairs(D, labels, pos_margin, C, row_max, row_lse, sums, counts):
+def lifted_all_pairs(D, labels, pos_margin, C, row_max, row_sum, sums, counts):
     """Lifted structured loss over all ordered positive pairs of the batch.
 
     Pair ``(i, j)`` has ``J_ij = log(sum_{k neg of i} e^{m - d_ik} +
-    sum_{k neg of j} e^{m - d_jk})`` (``m = neg_margin``), which is
-    ``logaddexp(LSE_i, LSE_j)`` of the rows' negative log-sum-exps, and the
-    term ``relu(J_ij + d_ij - pos_margin)^2 / 2``.  A row without negatives
-    has ``LSE = -inf`` (two such rows give ``J = 0``); PML's loss is 0 for a
-    batch of one class, which the front-end handles.
+    sum_{k neg of j} e^{m - d_jk})`` (``m = neg_margin``), a log-add-exp of
+    the two rows' negative sums, and the term
+    ``relu(J_ij + d_ij - pos_margin)^2 / 2``.  A row without negatives
+    contributes an empty sum (two such rows give ``J = 0``); PML's loss is 0
+    for a batch of one class, which the front-end handles.
 
     Parameters
     ----------
@@ -470,8 +489,8 @@ def lifted_all_pairs(D, labels, pos_margin, C, row_max, row_lse, sums, counts):
         sum of the terms.
     row_max : ndarray of shape (B,)
         From :func:`lifted_shifted_negatives`.
-    row_lse : ndarray of shape (B,)
-        Work: each row's negative log-sum-exp.
+    row_sum : ndarray of shape (B,)
+        Work: each row's shifted sum of negative exponentials.
     sums : ndarray of shape (B,)
         Out: per row ``i``, the sum of the terms of the pairs ``(i, j)``.
     counts : ndarray of int64, shape (B, 2)
@@ -482,51 +501,44 @@ def lifted_all_pairs(D, labels, pos_margin, C, row_max, row_lse, sums, counts):
         s = 0.0
         for k in range(B):
             s += C[i, k]
-        row_lse[i] = row_max[i] + np.log(s) if s > 0.0 else -np.inf
+        row_sum[i] = s
     # Per row i: its positive pairs, then the weight r_i that every negative
     # exponential of row i carries, r_i = sum over the pairs that contain i,
     # (i, j) and (j, i), of relu(z) e^{max_i - J}.
     for i in prange(B):
         li = labels[i]
-        lse_i = row_lse[i]
+        s_i = row_sum[i]
         mx_i = row_max[i]
+        pos = np.empty(B, dtype=np.int64)
+        slope = np.empty(B)
+        n_pos = 0
         total = 0.0
         n_active = 0
-        n_pairs = 0
         r = 0.0
         for j in range(B):
             if j == i or labels[j] != li:
                 continue
-            J = _logaddexp(lse_i, row_lse[j])
-            share = 0.0
-            if J == -np.inf:  # neither row has a negative: an empty sum is 0
-                J = 0.0
-            elif lse_i != -np.inf:
-                share = np.exp(mx_i - J)
+            J, share = _pair_lse(s_i, mx_i, row_sum[j], row_max[j])
             z = J + D[i, j] - pos_margin
-            if z > 0.0:
-                term = 0.5 * z * z
-                total += term
-                if term > 0.0:
-                    n_active += 1
-                r += z * share
-            n_pairs += 1
-            z = J + D[j, i] - pos_margin
-            if z > 0.0:
-                r += z * share
+            g = z if z > 0.0 else 0.0
+            term = 0.5 * g * g
+            total += term
+            if term > 0.0:
+                n_active += 1
+            z_t = J + D[j, i] - pos_margin
+            r += (g + (z_t if z_t > 0.0 else 0.0)) * share
+            pos[n_pos] = j
+            slope[n_pos] = g
+            n_pos += 1
         sums[i] = total
         counts[i, 0] = n_active
-        counts[i, 1] = n_pairs
+        counts[i, 1] = n_pos
         # negatives: -r e^{m - d - max_i}; positives: relu(z_ij); diagonal 0
         for k in range(B):
             C[i, k] *= -r
-        for j in range(B):
-            if labels[j] == li:
-                z = _logaddexp(lse_i, row_lse[j])
-                if z == -np.inf:
-                    z = 0.0
-                z += D[i, j] - pos_margin
-                C[i, j] = z if z > 0.0 and j != i else 0.0
+        for t in range(n_pos):
+            C[i, pos[t]] = slope[t]
+        C[i, i] = 0.0
 
 
 @njit(nogil=True, cache=True)
