@@ -139,7 +139,7 @@ class _Batch:
             self.D, self.sq = lc.distance_matrix(self.X, self.pass_threads)
         return self.D
 
-    def kernel_threads(self, flops_per_entry):
+    def kernel_pool(self, flops_per_entry):
         """Numba threads for a kernel doing this much work per matrix entry.
 
         The per-entry figures passed in are measured single-thread times in
@@ -262,7 +262,7 @@ def contrastive_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
     if batch.indices is None:
         sums = np.empty((B, 2))
         counts = np.empty((B, 4), dtype=np.int64)
-        with batch.kernel_threads(16):
+        with batch.kernel_pool(16):
             _lk.contrastive_all_pairs(X, D, batch.labels, pos_margin, neg_margin,
                                       sums, counts, grad_pos, grad_neg)
         pos_sum, neg_sum = sums.sum(axis=0)
@@ -371,7 +371,7 @@ def triplet_margin_loss(embeddings, labels, *, margin=0.05, normalize=True,
     if indices is None:
         sums = np.empty(B)
         counts = np.empty((B, 2), dtype=np.int64)
-        with batch.kernel_threads(40):
+        with batch.kernel_pool(40):
             _lk.triplet_all(D, batch.labels, margin, C, sums, counts)
         total = sums.sum()
         n_active, n_terms = counts.sum(axis=0)
@@ -386,7 +386,7 @@ def triplet_margin_loss(embeddings, labels, *, margin=0.05, normalize=True,
         anchors = np.flatnonzero((n_pos > 0) & (n_neg > 0)).astype(np.int64)
         sums = np.empty(len(anchors))
         counts = np.empty((len(anchors), 2), dtype=np.int64)
-        with batch.kernel_threads(40):
+        with batch.kernel_pool(40):
             _lk.triplet_grouped(D, anchors, pos_ptr, pos_idx, neg_ptr, neg_idx,
                                 margin, C, sums, counts)
         total = sums.sum()
@@ -477,7 +477,7 @@ def lifted_structure_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
         C = np.empty((B, B))
         sums = np.empty(B)
         counts = np.empty((B, 2), dtype=np.int64)
-        with batch.kernel_threads(18):
+        with batch.kernel_pool(18):
             _lk.lifted_shifted_negatives(D, batch.labels, neg_margin, C, row_max)
             np.exp(C, out=C)
             _lk.lifted_all_pairs(D, batch.labels, pos_margin, C, row_max, row_work,
@@ -588,7 +588,7 @@ def generalized_lifted_structure_loss(embeddings, labels, *, pos_margin=0.0,
     p_max = np.empty(B)
     n_max = np.empty(B)
     row_loss = np.empty(B)
-    with batch.kernel_threads(18):
+    with batch.kernel_pool(18):
         _lk.generalized_lifted_shifted(D, labels, pos_mask, neg_mask, use_masks,
                                        pos_margin, neg_margin, C, p_max, n_max)
         np.exp(C, out=C)
