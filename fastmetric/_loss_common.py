@@ -129,7 +129,10 @@ def distance_matrix(X, n_threads):
     sq : ndarray of shape (B,)
         Squared row norms (needed by :func:`distance_backward`).
     """
-    G = X @ X.T
+    # a general product on an explicit transpose: OpenBLAS's syrk (which
+    # ``X @ X.T`` selects) was 1.5x (1 thread) to 3x (2 threads) slower at
+    # B=2048, m=128 here, and no faster at B=512
+    G = X @ np.ascontiguousarray(X.T)
     sq = np.ascontiguousarray(np.diagonal(G)).copy()
     with numba_threads(n_threads):
         _dk.distances_from_gram(X, sq, G)
@@ -143,8 +146,8 @@ def distance_backward(C, D, X, sq, n_threads):
     """
     grad = np.zeros_like(X)
     with numba_threads(n_threads):
-        _dk.distance_weights(C, D)
-        _dk.move_near_pairs(C, D, X, sq, grad)
+        if _dk.symmetric_weights(C, D, sq):
+            _dk.move_near_pairs(C, D, X, sq, grad)
         rs = np.empty(X.shape[0])
         _dk.row_sums(C, rs)
     grad += X * rs[:, None]
