@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 
-def test_import_fastmetric_does_not_import_torch():
+def test_import_fastmetric_does_not_import_torch(tmp_path):
     code = ("import sys, fastmetric, fastmetric.losses; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    # Run outside the source tree so the child imports the installed package.
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
 torch = pytest.importorskip("torch")
