@@ -120,8 +120,24 @@ def l2_normalize_backward(grad_X, X, norms):
     return (grad_X - X * proj[:, None]) / norms[:, None]
 
 
-def distance_matrix(X, n_threads):
+def _near_ratio(product_dtype):
+    return _dk.NEAR32 if product_dtype == np.float32 else _dk.NEAR
+
+
+def distance_matrix(X, n_threads, product_dtype=np.float64):
     """Euclidean distance matrix of the rows of ``X`` (float64, C-contiguous).
+
+    Parameters
+    ----------
+    X : ndarray of shape (B, m), float64
+    n_threads : int
+        Threads of the Numba pass.
+    product_dtype : {np.float64, np.float32}, default=np.float64
+        Precision of the Gram product.  float32 (for float32 embeddings) runs
+        sgemm, about twice as fast; the distances stay float64 and the pairs
+        whose Gram formula would lose float32's accuracy (``d^2`` below 1% of
+        ``|x|^2 + |y|^2``) are recomputed from their difference in float64.
+        Pass the same value to :func:`distance_backward`.
 
     Returns
     -------
@@ -132,26 +148,45 @@ def distance_matrix(X, n_threads):
     # a general product on an explicit transpose: OpenBLAS's syrk (which
     # ``X @ X.T`` selects) was 1.5x (1 thread) to 3x (2 threads) slower at
     # B=2048, m=128 here, and no faster at B=512
-    G = X @ np.ascontiguousarray(X.T)
-    sq = np.ascontiguousarray(np.diagonal(G)).copy()
+    if product_dtype == np.float32:
+        X32 = X.astype(np.float32)
+        G = X32 @ np.ascontiguousarray(X32.T)
+        sq = np.einsum("ij,ij->i", X, X)
+        D = np.empty(G.shape)
+    else:
+        G = X @ np.ascontiguousarray(X.T)
+        sq = np.ascontiguousarray(np.diagonal(G)).copy()
+        D = G
     with numba_threads(n_threads):
-        _dk.distances_from_gram(X, sq, G)
-    return G, sq
+        _dk.distances_from_gram(X, sq, G, D, _near_ratio(product_dtype))
+    return D, sq
 
 
-def distance_backward(C, D, X, sq, n_threads):
+def distance_backward(C, D, X, sq, n_threads, product_dtype=np.float64):
     """Gradient with respect to ``X`` from ``C = dL/dD`` (ordered pairs).
 
-    ``C`` is overwritten.  Zero-distance pairs contribute nothing.
+    ``C`` is overwritten.  Zero-distance pairs contribute nothing.  With
+    ``product_dtype=np.float32`` the product ``W X`` runs in float32 (the
+    weights and row sums stay float64, near pairs are summed from their
+    differences in float64); use the value given to :func:`distance_matrix`.
     """
+    near = _near_ratio(product_dtype)
     grad = np.zeros_like(X)
+    rs = np.empty(X.shape[0])
     with numba_threads(n_threads):
-        if _dk.symmetric_weights(C, D, sq):
-            _dk.move_near_pairs(C, D, X, sq, grad)
-        rs = np.empty(X.shape[0])
-        _dk.row_sums(C, rs)
+        if _dk.symmetric_weights(C, D, sq, near):
+            _dk.move_near_pairs(C, D, X, sq, grad, near)
+        if product_dtype == np.float32:
+            W = np.empty(C.shape, dtype=np.float32)
+            _dk.row_sums_to_f32(C, rs, W)
+        else:
+            W = C
+            _dk.row_sums(C, rs)
     grad += X * rs[:, None]
-    grad -= C @ X
+    if product_dtype == np.float32:
+        grad -= W @ X.astype(np.float32)
+    else:
+        grad -= W @ X
     return grad
 
 

@@ -125,6 +125,10 @@ class _Batch:
         self.n_threads = lc.resolve_threads(n_jobs)
         self.E = E
         self.X = None
+        # float32 batches get float32 matrix products (sgemm, ~2x dgemm); the
+        # loss arithmetic stays float64 and the distances float32-accurate
+        self.product_dtype = (np.float32 if self.dtype == np.float32
+                              else np.float64)
 
     def distances(self):
         """Normalise (if asked) and build the distance matrix."""
@@ -136,7 +140,8 @@ class _Batch:
         # run them on one thread (waking threads costs more than it saves)
         self.pass_threads = threads_for(self.n_threads, 10.0 * self.size * self.size)
         with kernel_threads():
-            self.D, self.sq = lc.distance_matrix(self.X, self.pass_threads)
+            self.D, self.sq = lc.distance_matrix(self.X, self.pass_threads,
+                                                 self.product_dtype)
         return self.D
 
     def kernel_pool(self, flops_per_entry):
@@ -155,7 +160,8 @@ class _Batch:
     def gradient(self, C, scale=1.0):
         """``dL/dE`` from ``C = dL/dD`` (times ``scale``), in the input dtype."""
         with kernel_threads():
-            grad = lc.distance_backward(C, self.D, self.X, self.sq, self.pass_threads)
+            grad = lc.distance_backward(C, self.D, self.X, self.sq, self.pass_threads,
+                                        self.product_dtype)
         return self.finish(grad, scale)
 
     def finish(self, grad, scale=1.0):

@@ -392,6 +392,29 @@ def test_float32_input_gives_float32_gradient(name):
                                atol=1e-5 * np.abs(grad64).max())
 
 
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_float32_products_keep_float32_accuracy_near_duplicates(name, normalize):
+    """float32 input runs its matrix products in float32: near-duplicate rows
+    (pairs recomputed from their differences) and ordinary pairs must still
+    match the float64 path on the same values to float32 tolerance."""
+    fn, _, options = LOSSES[name]
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((16, 48))
+    scales = np.array([0.0, 1e-6, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.3])
+    E = np.repeat(base, 8, axis=0)
+    E += np.tile(scales, 16)[:, None] * rng.standard_normal(E.shape)
+    E *= rng.uniform(0.5, 3.0, (len(E), 1))
+    y = rng.integers(0, 6, len(E))
+    E32 = E.astype(np.float32)
+    loss64, grad64 = fn(E32.astype(np.float64), y, normalize=normalize, **options)
+    loss32, grad32 = fn(E32, y, normalize=normalize, **options)
+    assert grad32.dtype == np.float32
+    np.testing.assert_allclose(loss32, loss64, rtol=2e-6)
+    np.testing.assert_allclose(grad32, grad64, rtol=1e-4,
+                               atol=2e-6 * np.abs(grad64).max())
+
+
 def test_labels_and_indices_may_be_lists_or_other_ints():
     E, y = _layout("random", 0)
     expected = losses.triplet_margin_loss(E, y)

@@ -17,11 +17,14 @@ from numba import njit, prange
 # Below this ratio of d^2 to |x|^2 + |y|^2 the Gram formula has lost more than
 # about 1e-12 relative accuracy in float64; recompute from the difference.
 NEAR = 1e-4
+# The same bound for a float32 Gram matrix (sgemm: ~1e-7 relative error in
+# x.y, so d^2 keeps ~1e-5 relative accuracy above this ratio).
+NEAR32 = 1e-2
 
 
 @njit(nogil=True, cache=True)
-def _is_near(d2, sq_i, sq_j):
-    return d2 < NEAR * (sq_i + sq_j)
+def _is_near(d2, sq_i, sq_j, near):
+    return d2 < near * (sq_i + sq_j)
 
 
 @njit(nogil=True, cache=True)
@@ -34,16 +37,21 @@ def _direct_sq(X, i, j):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def distances_from_gram(X, sq, G):
-    """Turn the Gram matrix ``G = X X^T`` into Euclidean distances, in place.
+def distances_from_gram(X, sq, G, D, near):
+    """Turn the Gram matrix ``G = X X^T`` into Euclidean distances.
 
     Parameters
     ----------
     X : ndarray of shape (B, m)
     sq : ndarray of shape (B,)
-        Squared row norms, ``diag(G)`` taken before the call.
+        Squared row norms (float64).
     G : ndarray of shape (B, B)
-        Overwritten with the distance matrix (zero diagonal).
+        The Gram matrix, float64 or float32; may be ``D`` itself.
+    D : ndarray of shape (B, B)
+        Out: the distance matrix (zero diagonal).
+    near : float
+        Pairs with ``d^2 < near (|x|^2 + |y|^2)`` are recomputed from their
+        difference (``NEAR`` for a float64 Gram matrix, ``NEAR32`` for float32).
 
     Returns
     -------
@@ -55,13 +63,13 @@ def distances_from_gram(X, sq, G):
     for i in prange(B):
         for j in range(B):
             if i == j:
-                G[i, j] = 0.0
+                D[i, j] = 0.0
                 continue
-            d2 = sq[i] + sq[j] - 2.0 * G[i, j]
-            if _is_near(d2, sq[i], sq[j]):
+            d2 = sq[i] + sq[j] - 2.0 * np.float64(G[i, j])
+            if _is_near(d2, sq[i], sq[j], near):
                 d2 = _direct_sq(X, i, j)
                 n_near[i] += 1
-            G[i, j] = np.sqrt(d2) if d2 > 0.0 else 0.0
+            D[i, j] = np.sqrt(d2) if d2 > 0.0 else 0.0
     return n_near.sum()
 
 
@@ -75,8 +83,20 @@ def row_sums(W, out):
         out[i] = s
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def row_sums_to_f32(W, out, W32):
+    """``out[i] = sum_j W[i, j]`` (float64) and ``W32 = W`` rounded to float32."""
+    for i in prange(W.shape[0]):
+        s = 0.0
+        for j in range(W.shape[1]):
+            w = W[i, j]
+            s += w
+            W32[i, j] = w
+        out[i] = s
+
+
 @njit(nogil=True, cache=True)
-def move_near_pairs(W, D, X, sq, grad):
+def move_near_pairs(W, D, X, sq, grad, near):
     """Take near pairs out of ``W`` and add their gradient from the difference.
 
     ``rowsum(W) x_i - (W X)_i`` cancels badly when ``W[i, j]`` is large (tiny
@@ -87,7 +107,7 @@ def move_near_pairs(W, D, X, sq, grad):
     for i in range(B):
         for j in range(i + 1, B):
             d = D[i, j]
-            if _is_near(d * d, sq[i], sq[j]):
+            if _is_near(d * d, sq[i], sq[j], near):
                 w = W[i, j]
                 if w != 0.0:
                     for k in range(m):
@@ -104,7 +124,7 @@ TILE = 16
 
 
 @njit(nogil=True, cache=True)
-def _weights_tile_row(C, D, sq, ti, n_tiles):
+def _weights_tile_row(C, D, sq, ti, n_tiles, near):
     B = C.shape[0]
     i0 = ti * TILE
     i1 = min(B, i0 + TILE)
@@ -118,14 +138,14 @@ def _weights_tile_row(C, D, sq, ti, n_tiles):
                 w = 0.0
                 if d > 0.0:
                     w = (C[i, j] + C[j, i]) / d
-                n_near += _is_near(d * d, sq[i], sq[j])
+                n_near += _is_near(d * d, sq[i], sq[j], near)
                 C[i, j] = w
                 C[j, i] = w
     return n_near
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def symmetric_weights(C, D, sq):
+def symmetric_weights(C, D, sq, near):
     """Fold ``dL/dD`` into symmetric weights ``W = (C + C^T) / D``, in place.
 
     ``W[i, j]`` multiplies ``x_i - x_j`` in the gradient of row ``i``.  Pairs at
@@ -141,6 +161,8 @@ def symmetric_weights(C, D, sq):
         The distance matrix.
     sq : ndarray of shape (B,)
         Squared row norms.
+    near : float
+        The near-pair ratio the distances were built with.
 
     Returns
     -------
@@ -154,10 +176,10 @@ def symmetric_weights(C, D, sq):
     counts = np.zeros(half, dtype=np.int64)
     # tile row t holds n_tiles - t tiles: pair row t with row n_tiles - 1 - t
     for t in prange(half):
-        c = _weights_tile_row(C, D, sq, t, n_tiles)
+        c = _weights_tile_row(C, D, sq, t, n_tiles, near)
         u = n_tiles - 1 - t
         if u != t:
-            c += _weights_tile_row(C, D, sq, u, n_tiles)
+            c += _weights_tile_row(C, D, sq, u, n_tiles, near)
         counts[t] = c
     for i in range(B):
         C[i, i] = 0.0
