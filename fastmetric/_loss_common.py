@@ -12,6 +12,7 @@ in the embeddings' dtype.
 """
 
 import numbers
+import threading
 
 import numpy as np
 
@@ -120,11 +121,57 @@ def l2_normalize_backward(grad_X, X, norms):
     return (grad_X - X * proj[:, None]) / norms[:, None]
 
 
+# Repeated calls (a training loop) reuse their B x B work arrays.  Fresh
+# pages cost ~3 us each to fault in on these machines: at B=2048 a call's
+# 50-80 MB of new arrays cost 10-40 ms, at B=512 about 1 ms (measured), more
+# than most of the passes over them.  Each thread keeps its own arrays, at
+# most this many bytes of them (the rest are allocated per call).
+WORKSPACE_BYTES = 128 * 2**20
+_WORKSPACE = threading.local()
+
+
+def work_array(slot, shape, dtype=np.float64):
+    """An uninitialised C-contiguous array kept for the next call of this thread.
+
+    Parameters
+    ----------
+    slot : str
+        The array's role; one call must not use a slot twice for arrays that
+        live at the same time.
+    shape : tuple of int
+    dtype : numpy dtype, default=np.float64
+
+    Returns
+    -------
+    ndarray
+        Not zeroed; the same memory is handed out again by the next request of
+        ``slot`` on this thread with the same shape and dtype, so it must not
+        escape the call.
+    """
+    cache = getattr(_WORKSPACE, "arrays", None)
+    if cache is None:
+        cache = _WORKSPACE.arrays = {}
+    arr = cache.pop(slot, None)
+    if arr is not None and arr.shape == shape and arr.dtype == dtype:
+        cache[slot] = arr
+        return arr
+    del arr  # free the stale array before allocating its replacement
+    arr = np.empty(shape, dtype=dtype)
+    if arr.nbytes + sum(a.nbytes for a in cache.values()) <= WORKSPACE_BYTES:
+        cache[slot] = arr
+    return arr
+
+
+def _fresh_array(slot, shape, dtype=np.float64):
+    """:func:`work_array`'s signature, without the reuse."""
+    return np.empty(shape, dtype=dtype)
+
+
 def _near_ratio(product_dtype):
     return _dk.NEAR32 if product_dtype == np.float32 else _dk.NEAR
 
 
-def distance_matrix(X, n_threads, product_dtype=np.float64):
+def distance_matrix(X, n_threads, product_dtype=np.float64, reuse=False):
     """Euclidean distance matrix of the rows of ``X`` (float64, C-contiguous).
 
     Parameters
@@ -138,6 +185,9 @@ def distance_matrix(X, n_threads, product_dtype=np.float64):
         whose Gram formula would lose float32's accuracy (``d^2`` below 1% of
         ``|x|^2 + |y|^2``) are recomputed from their difference in float64.
         Pass the same value to :func:`distance_backward`.
+    reuse : bool, default=False
+        Build ``D`` (and the float32 Gram matrix) in :func:`work_array`
+        buffers: ``D`` is then only valid until the next such call.
 
     Returns
     -------
@@ -148,27 +198,31 @@ def distance_matrix(X, n_threads, product_dtype=np.float64):
     # a general product on an explicit transpose: OpenBLAS's syrk (which
     # ``X @ X.T`` selects) was 1.5x (1 thread) to 3x (2 threads) slower at
     # B=2048, m=128 here, and no faster at B=512
+    B = X.shape[0]
+    alloc = work_array if reuse else _fresh_array
     if product_dtype == np.float32:
         X32 = X.astype(np.float32)
-        G = X32 @ np.ascontiguousarray(X32.T)
+        G = alloc("gram32", (B, B), np.float32)
+        np.matmul(X32, np.ascontiguousarray(X32.T), out=G)
         sq = np.einsum("ij,ij->i", X, X)
-        D = np.empty(G.shape)
+        D = alloc("distances", (B, B))
     else:
-        G = X @ np.ascontiguousarray(X.T)
+        G = D = alloc("distances", (B, B))
+        np.matmul(X, np.ascontiguousarray(X.T), out=G)
         sq = np.ascontiguousarray(np.diagonal(G)).copy()
-        D = G
     with numba_threads(n_threads):
         _dk.distances_from_gram(X, sq, G, D, _near_ratio(product_dtype))
     return D, sq
 
 
-def distance_backward(C, D, X, sq, n_threads, product_dtype=np.float64):
+def distance_backward(C, D, X, sq, n_threads, product_dtype=np.float64, reuse=False):
     """Gradient with respect to ``X`` from ``C = dL/dD`` (ordered pairs).
 
     ``C`` is overwritten.  Zero-distance pairs contribute nothing.  With
     ``product_dtype=np.float32`` the product ``W X`` runs in float32 (the
     weights and row sums stay float64, near pairs are summed from their
     differences in float64); use the value given to :func:`distance_matrix`.
+    With ``reuse`` the float32 weights go to a :func:`work_array` buffer.
     """
     near = _near_ratio(product_dtype)
     grad = np.zeros_like(X)
@@ -177,7 +231,7 @@ def distance_backward(C, D, X, sq, n_threads, product_dtype=np.float64):
         if _dk.symmetric_weights(C, D, sq, near):
             _dk.move_near_pairs(C, D, X, sq, grad, near)
         if product_dtype == np.float32:
-            W = np.empty(C.shape, dtype=np.float32)
+            W = (work_array if reuse else _fresh_array)("gram32", C.shape, np.float32)
             _dk.row_sums_to_f32(C, rs, W)
         else:
             W = C

@@ -141,7 +141,7 @@ class _Batch:
         self.pass_threads = threads_for(self.n_threads, 10.0 * self.size * self.size)
         with kernel_threads():
             self.D, self.sq = lc.distance_matrix(self.X, self.pass_threads,
-                                                 self.product_dtype)
+                                                 self.product_dtype, reuse=True)
         return self.D
 
     def kernel_pool(self, flops_per_entry):
@@ -154,6 +154,13 @@ class _Batch:
         return numba_threads(
             threads_for(self.n_threads, flops_per_entry * self.size * self.size))
 
+    def weights(self, zeroed=False):
+        """The ``B x B`` array for ``dL/dD`` (a reused buffer: see ``work_array``)."""
+        C = lc.work_array("weights", (self.size, self.size))
+        if zeroed:
+            C.fill(0.0)
+        return C
+
     def zero(self):
         return 0.0, np.zeros(self.E.shape, dtype=self.dtype)
 
@@ -161,7 +168,7 @@ class _Batch:
         """``dL/dE`` from ``C = dL/dD`` (times ``scale``), in the input dtype."""
         with kernel_threads():
             grad = lc.distance_backward(C, self.D, self.X, self.sq, self.pass_threads,
-                                        self.product_dtype)
+                                        self.product_dtype, reuse=True)
         return self.finish(grad, scale)
 
     def finish(self, grad, scale=1.0):
@@ -373,7 +380,7 @@ def triplet_margin_loss(embeddings, labels, *, margin=0.05, normalize=True,
     if indices is not None and len(indices[0]) == 0:
         return batch.zero()
     D = batch.distances()
-    C = np.zeros((B, B))
+    C = batch.weights(zeroed=True)
     if indices is None:
         sums = np.empty(B)
         counts = np.empty((B, 2), dtype=np.int64)
@@ -480,7 +487,7 @@ def lifted_structure_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
     row_max = np.empty(B)
     row_work = np.empty(B)
     if batch.indices is None:
-        C = np.empty((B, B))
+        C = batch.weights()
         sums = np.empty(B)
         counts = np.empty((B, 2), dtype=np.int64)
         with batch.kernel_pool(18):
@@ -491,7 +498,7 @@ def lifted_structure_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
         total = sums.sum()
         n_active, n_terms = counts.sum(axis=0)
     else:
-        C = np.zeros((B, B))
+        C = batch.weights(zeroed=True)
         total, n_active = _lk.lifted_pairs(D, a1, p, a2, n, pos_margin, neg_margin,
                                            C, row_max, row_work, np.empty(B))
         n_terms = len(a1)
@@ -590,7 +597,7 @@ def generalized_lifted_structure_loss(embeddings, labels, *, pos_margin=0.0,
         labels = np.zeros(B, dtype=np.int64)
         use_masks = True
     D = batch.distances()
-    C = np.empty((B, B))
+    C = batch.weights()
     p_max = np.empty(B)
     n_max = np.empty(B)
     row_loss = np.empty(B)

@@ -415,6 +415,26 @@ def test_float32_products_keep_float32_accuracy_near_duplicates(name, normalize)
                                atol=2e-6 * np.abs(grad64).max())
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_reused_work_arrays_do_not_leak_between_calls(name):
+    """Calls reuse their B x B buffers: results must not alias them, and a call
+    after calls of other sizes, dtypes and losses gives the same numbers."""
+    fn, _, options = LOSSES[name]
+    rng = np.random.default_rng(3)
+    E = rng.standard_normal((40, 6))
+    y = rng.integers(0, 4, 40)
+    loss1, grad1 = fn(E, y, **options)
+    kept = grad1.copy()
+    for other in NAMES:
+        for B, dtype in ((40, np.float32), (25, np.float64), (40, np.float64)):
+            LOSSES[other][0](rng.standard_normal((B, 6)).astype(dtype),
+                             rng.integers(0, 4, B), **LOSSES[other][2])
+    np.testing.assert_array_equal(grad1, kept)
+    loss2, grad2 = fn(E, y, **options)
+    assert loss2 == loss1
+    np.testing.assert_array_equal(grad2, grad1)
+
+
 def test_labels_and_indices_may_be_lists_or_other_ints():
     E, y = _layout("random", 0)
     expected = losses.triplet_margin_loss(E, y)
