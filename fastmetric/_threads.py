@@ -69,7 +69,7 @@ _DEPTH = threading.local()
 _FLOPS_PER_THREAD = 1e7
 
 
-def threads_for(n_threads, flops):
+def threads_for(n_threads, flops, flops_per_thread=None):
     """How many kernel threads a call with ``flops`` of work should use.
 
     Parameters
@@ -78,15 +78,22 @@ def threads_for(n_threads, flops):
         The resolved ``n_jobs``.
     flops : float
         Estimated floating-point operations of the call.
+    flops_per_thread : float, optional
+        A lower work threshold for kernels measured to pay for a thread
+        sooner (never above the module's ``_FLOPS_PER_THREAD``, so lowering
+        that forces threads everywhere).
 
     Returns
     -------
     int
         Between 1 and ``n_threads``.
     """
-    if flops < _FLOPS_PER_THREAD:
+    per_thread = _FLOPS_PER_THREAD
+    if flops_per_thread is not None:
+        per_thread = min(per_thread, flops_per_thread)
+    if flops < per_thread:
         return 1
-    return int(max(1, min(n_threads, flops // max(_FLOPS_PER_THREAD, 1.0))))
+    return int(max(1, min(n_threads, flops // max(per_thread, 1.0))))
 
 
 @contextmanager
