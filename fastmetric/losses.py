@@ -28,6 +28,7 @@ separately and adds the two results, as PML does.
 import numpy as np
 
 from . import _loss_common as lc
+from ._numba import distances as _dk
 from ._numba import losses as _lk
 from ._threads import kernel_threads, numba_threads, threads_for
 
@@ -138,14 +139,17 @@ class _Batch:
 
     def distances(self):
         """Normalise (if asked) and build the distance matrix."""
-        if self.normalize:
-            self.X, self.norms = lc.l2_normalize(self.E)
-        else:
-            self.X, self.norms = self.E, None
         # the plumbing's Numba passes do ~10 flops per entry; small batches
         # run them on one thread (waking threads costs more than it saves)
         self.pass_threads = threads_for(self.n_threads, 10.0 * self.size * self.size,
                                         _LOSS_FLOPS_PER_THREAD)
+        if self.normalize:
+            self.X = np.empty_like(self.E)
+            self.norms = np.empty(self.size)
+            with numba_threads(self.pass_threads):
+                _dk.normalize_rows(self.E, lc.NORMALIZE_EPS, self.X, self.norms)
+        else:
+            self.X, self.norms = self.E, np.ones(self.size)
         with kernel_threads():
             self.D, self.sq = lc.distance_matrix(self.X, self.pass_threads,
                                                  self.product_dtype, reuse=True)
@@ -179,13 +183,14 @@ class _Batch:
                                         self.product_dtype, reuse=True)
         return self.finish(grad, scale)
 
-    def finish(self, grad, scale=1.0):
-        """``dL/dE`` from ``dL/dX`` (times ``scale``), in the input dtype."""
-        if scale != 1.0:
-            grad *= scale
-        if self.normalize:
-            grad = lc.l2_normalize_backward(grad, self.X, self.norms)
-        return grad.astype(self.dtype, copy=False)
+    def finish(self, grad, scale=1.0, grad2=None, scale2=0.0):
+        """``dL/dE`` from ``dL/dX = scale grad + scale2 grad2``, in the input dtype."""
+        out = np.empty(self.E.shape, dtype=self.dtype)
+        with numba_threads(self.pass_threads):
+            _dk.finish_gradient(grad, scale, grad if grad2 is None else grad2, scale2,
+                                self.X, self.norms, lc.NORMALIZE_EPS, self.normalize,
+                                out)
+        return out
 
 
 def _reduce(total, n_active, n_terms, reduction):
@@ -299,9 +304,7 @@ def contrastive_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
         p_all, n_all = len(a1), len(a2)
     pos_loss, w_pos = _reduce(pos_sum, p_active, p_all, batch.reduction)
     neg_loss, w_neg = _reduce(neg_sum, n_active, n_all, batch.reduction)
-    grad_pos *= w_pos
-    grad_pos += w_neg * grad_neg
-    return pos_loss + neg_loss, batch.finish(grad_pos)
+    return pos_loss + neg_loss, batch.finish(grad_pos, w_pos, grad_neg, w_neg)
 
 
 # ---------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Numba kernels for Euclidean distance matrices of a batch and their backward pass.
 
+Also the two row passes around them: the L2 normalisation of the batch and
+the gradient's way back through it (fused with the loss's final scaling).
+
 Only ``@njit`` functions live here; ``fastmetric._loss_common`` calls them after
 validation.  All arrays are C-contiguous float64; no checks are made.
 
@@ -184,3 +187,42 @@ def symmetric_weights(C, D, sq, near):
     for i in range(B):
         C[i, i] = 0.0
     return counts.sum()
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def normalize_rows(E, eps, X, norms):
+    """``X[i] = E[i] / max(||E[i]||, eps)``; ``norms[i]`` gets the divisor.
+
+    One pass for ``fastmetric._loss_common.l2_normalize`` (same arithmetic).
+    """
+    B, m = E.shape
+    for i in prange(B):
+        s = 0.0
+        for k in range(m):
+            s += E[i, k] * E[i, k]
+        n = max(np.sqrt(s), eps)
+        norms[i] = n
+        for k in range(m):
+            X[i, k] = E[i, k] / n
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def finish_gradient(G1, w1, G2, w2, X, norms, eps, normalize, out):
+    """``out = w1 G1 + w2 G2``, taken back through the L2 normalisation.
+
+    With ``normalize`` each row ``g`` becomes ``(g - x (x.g)) / norm`` (the
+    projection is skipped for rows whose norm was clipped to ``eps``), as
+    ``fastmetric._loss_common.l2_normalize_backward``; ``out`` may be float32
+    (the caller's dtype), the arithmetic is float64.
+    """
+    B, m = X.shape
+    for i in prange(B):
+        proj = 0.0
+        if normalize and norms[i] > eps:
+            for k in range(m):
+                proj += X[i, k] * (w1 * G1[i, k] + w2 * G2[i, k])
+        for k in range(m):
+            g = w1 * G1[i, k] + w2 * G2[i, k]
+            if normalize:
+                g = (g - X[i, k] * proj) / norms[i]
+            out[i, k] = g
