@@ -133,9 +133,9 @@ def class_sizes(B):
 
 # Bytes per element of PML's largest temporaries, read off its 2.9.0 source
 # and fitted to peaks measured on a 2-core Linux machine (float32 and float64;
-# all-triplets at B = 256, 512, 1024: estimates 0 to +12 % of the measured
-# peak RSS growth; lifted at B = 64, 128, 256: within about 10 %; pair losses
-# at B = 512, 2048: within about 40 %, and they are small anyway).
+# all-triplets at B = 256 ... 2048 and lifted at B = 128, 256: estimates
+# within about 12 % of the measured peak RSS growth; lifted at B = 64 and the
+# pair losses within about 50 %, and those are small anyway).
 #
 # all-triplets: get_all_triplets_indices builds a B^3 uint8 mask when
 # B^3 < 2^31 (torch.where on it), else loops over anchors and concatenates
@@ -272,7 +272,7 @@ def measure(task, conn):
             E, labels = make_batch(B, m, dtype)
         # Warm-up on a slice with the same dtypes: Numba loads (or compiles)
         # its kernels, torch starts its thread pool, outside the measurement.
-        k = min(B, WARMUP_ROWS)
+        k = B if task.get("warmup") == "full" else min(B, WARMUP_ROWS)
         warm, _ = _caller(lib, loss, E[:k].copy(), labels[:k].copy(),
                           None if clusters is None else clusters[:k].copy())
         warm()
@@ -500,6 +500,10 @@ def main(argv=None):
                         help="at least this many timed calls per case, unless a "
                         f"call takes over {SLOW_CALL:g} s (default 5)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--warmup", choices=["slice", "full"], default="slice",
+                        help=f"warm up on the first {WARMUP_ROWS} rows (default) or "
+                        "on the whole batch; 'full' can make later calls reuse "
+                        "pages the allocator kept, so memory may read low")
     parser.add_argument("--pml-mem-limit", type=float, default=None, metavar="GB",
                         help="skip PML cases estimated above this many GB and kill "
                         "runs that exceed it (default: 16, or 75%% of the memory "
@@ -532,7 +536,8 @@ def main(argv=None):
           f"PML memory limit {mem_limit / GB:.1f} GB")
     print("time: forward + backward, best of >= "
           f"{args.repeats} calls (>= {TIME_BUDGET:g} s of calls; one call if "
-          f"slower than {SLOW_CALL:g} s) after a warm-up on {WARMUP_ROWS} rows")
+          f"slower than {SLOW_CALL:g} s) after a warm-up on "
+          + (f"{WARMUP_ROWS} rows" if args.warmup == "slice" else "the whole batch"))
     print("memory: peak RSS during the first full call minus RSS before it, "
           "each (library, case) in its own process")
     print()
@@ -540,7 +545,7 @@ def main(argv=None):
     results = []
     for loss, B, m, context in plan(args):
         base = {"loss": loss, "B": B, "m": m, "dtype": args.dtype,
-                "repeats": args.repeats}
+                "repeats": args.repeats, "warmup": args.warmup}
         res = {"loss": loss, "B": B, "m": m, "context": context}
         res["fm"] = run_isolated(dict(base, lib="fm"), float("inf"))
         if loss == "magnet" or not have_pml:
