@@ -167,18 +167,92 @@ def _fresh_array(slot, shape, dtype=np.float64):
     return np.empty(shape, dtype=dtype)
 
 
-def _near_ratio(product_dtype):
+def near_ratio(product_dtype):
+    """The near-pair ratio for a Gram product of this precision."""
     return _dk.NEAR32 if product_dtype == np.float32 else _dk.NEAR
 
 
-def distance_matrix(X, n_threads, product_dtype=np.float64, reuse=False):
+# Row blocks of the Numba-driven products hold about this many bytes of their
+# result (it stays in L2 for the pass that consumes it); more rows per block
+# amortise BLAS's packing of the shared operand.
+BLOCK_BYTES = 512 * 2**10
+BLOCK_ROWS = (16, 256)
+
+
+def product_operand(X, product_dtype):
+    """``X`` in the product's precision."""
+    return X if product_dtype == np.float64 else X.astype(np.float32)
+
+
+def block_scratch(slot, n_tasks, n_rows, n_cols, dtype, reuse=False):
+    """Per-task scratch blocks of rows for the blocked products.
+
+    Parameters
+    ----------
+    slot : str
+        :func:`work_array` slot (used when ``reuse``).
+    n_tasks : int
+        Parallel tasks (the Numba threads of the pass).
+    n_rows : int
+        Rows of the full product.
+    n_cols : int
+        Columns of the full product (and of each block).
+    dtype : numpy dtype
+    reuse : bool, default=False
+
+    Returns
+    -------
+    ndarray of shape (n_tasks, rows_per_block, n_cols)
+    """
+    itemsize = np.dtype(dtype).itemsize
+    lo, hi = BLOCK_ROWS
+    rows = int(min(hi, max(lo, BLOCK_BYTES // max(1, n_cols * itemsize))))
+    rows = max(1, min(rows, -(-n_rows // n_tasks)))
+    alloc = work_array if reuse else _fresh_array
+    return alloc(slot, (n_tasks, rows, n_cols), np.dtype(dtype))
+
+
+def prepare_rows(E, normalize, n_threads, product_dtype=np.float64):
+    """Normalise a batch (if asked) and lay out the operands of its products.
+
+    Parameters
+    ----------
+    E : ndarray of shape (B, m), float64, C-contiguous
+    normalize : bool
+    n_threads : int
+    product_dtype : {np.float64, np.float32}, default=np.float64
+
+    Returns
+    -------
+    X : ndarray of shape (B, m)
+        The rows distances are taken of (``E`` itself without normalisation).
+    norms : ndarray of shape (B,)
+        The divisors (ones without normalisation).
+    operands : tuple ``(sq, Xp)``
+        Squared row norms and ``X`` in the product's precision: pass them on
+        to :func:`distance_matrix`.
+    """
+    B, m = E.shape
+    X = np.empty_like(E) if normalize else E
+    norms = np.empty(B)
+    sq = np.empty(B)
+    Xp = X if product_dtype == np.float64 else np.empty((B, m), np.float32)
+    with numba_threads(n_threads):
+        _dk.prepare_rows(E, normalize, NORMALIZE_EPS, X, norms, sq, Xp)
+    return X, norms, (sq, Xp)
+
+
+def distance_matrix(X, n_threads, product_dtype=np.float64, reuse=False,
+                    operands=None):
     """Euclidean distance matrix of the rows of ``X`` (float64, C-contiguous).
 
     Parameters
     ----------
     X : ndarray of shape (B, m), float64
     n_threads : int
-        Threads of the Numba pass.
+        Threads of the Numba pass (which also runs the product, one BLAS call
+        per block of rows from each thread: call it with BLAS held at one
+        thread, see ``fastmetric._threads.kernel_threads``).
     product_dtype : {np.float64, np.float32}, default=np.float64
         Precision of the Gram product.  float32 (for float32 embeddings) runs
         sgemm, about twice as fast; the distances stay float64 and the pairs
@@ -186,8 +260,10 @@ def distance_matrix(X, n_threads, product_dtype=np.float64, reuse=False):
         ``|x|^2 + |y|^2``) are recomputed from their difference in float64.
         Pass the same value to :func:`distance_backward`.
     reuse : bool, default=False
-        Build ``D`` (and the float32 Gram matrix) in :func:`work_array`
-        buffers: ``D`` is then only valid until the next such call.
+        Build ``D`` (and the scratch blocks) in :func:`work_array` buffers:
+        ``D`` is then only valid until the next such call.
+    operands : tuple, optional
+        ``(sq, Xp)`` from :func:`prepare_rows`, if already at hand.
 
     Returns
     -------
@@ -195,23 +271,17 @@ def distance_matrix(X, n_threads, product_dtype=np.float64, reuse=False):
     sq : ndarray of shape (B,)
         Squared row norms (needed by :func:`distance_backward`).
     """
-    # a general product on an explicit transpose: OpenBLAS's syrk (which
-    # ``X @ X.T`` selects) was 1.5x (1 thread) to 3x (2 threads) slower at
-    # B=2048, m=128 here, and no faster at B=512
     B = X.shape[0]
     alloc = work_array if reuse else _fresh_array
-    if product_dtype == np.float32:
-        X32 = X.astype(np.float32)
-        G = alloc("gram32", (B, B), np.float32)
-        np.matmul(X32, np.ascontiguousarray(X32.T), out=G)
+    if operands is None:
+        Xp = product_operand(X, product_dtype)
         sq = np.einsum("ij,ij->i", X, X)
-        D = alloc("distances", (B, B))
     else:
-        G = D = alloc("distances", (B, B))
-        np.matmul(X, np.ascontiguousarray(X.T), out=G)
-        sq = np.ascontiguousarray(np.diagonal(G)).copy()
+        sq, Xp = operands
+    D = alloc("distances", (B, B))
+    scratch = block_scratch("gram_blocks", n_threads, B, B, product_dtype, reuse)
     with numba_threads(n_threads):
-        _dk.distances_from_gram(X, sq, G, D, _near_ratio(product_dtype))
+        _dk.gram_distances(X, Xp, sq, near_ratio(product_dtype), scratch, D)
     return D, sq
 
 
@@ -223,24 +293,26 @@ def distance_backward(C, D, X, sq, n_threads, product_dtype=np.float64, reuse=Fa
     weights and row sums stay float64, near pairs are summed from their
     differences in float64); use the value given to :func:`distance_matrix`.
     With ``reuse`` the float32 weights go to a :func:`work_array` buffer.
+    Like :func:`distance_matrix`, call it with BLAS held at one thread.
     """
-    near = _near_ratio(product_dtype)
+    near = near_ratio(product_dtype)
     grad = np.zeros_like(X)
     rs = np.empty(X.shape[0])
+    alloc = work_array if reuse else _fresh_array
     with numba_threads(n_threads):
         if _dk.symmetric_weights(C, D, sq, near):
             _dk.move_near_pairs(C, D, X, sq, grad, near)
         if product_dtype == np.float32:
-            W = (work_array if reuse else _fresh_array)("gram32", C.shape, np.float32)
+            W = alloc("gram32", C.shape, np.float32)
             _dk.row_sums_to_f32(C, rs, W)
+            Xp = X.astype(np.float32)
         else:
             W = C
             _dk.row_sums(C, rs)
-    grad += X * rs[:, None]
-    if product_dtype == np.float32:
-        grad -= W @ X.astype(np.float32)
-    else:
-        grad -= W @ X
+            Xp = X
+        scratch = block_scratch("product_blocks", n_threads, X.shape[0], X.shape[1],
+                                product_dtype, reuse)
+        _dk.weights_times_x(W, rs, X, Xp, scratch, grad)
     return grad
 
 

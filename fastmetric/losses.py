@@ -136,23 +136,25 @@ class _Batch:
         # loss arithmetic stays float64 and the distances float32-accurate
         self.product_dtype = (np.float32 if self.dtype == np.float32
                               else np.float64)
+        self.near = lc.near_ratio(self.product_dtype)
 
-    def distances(self):
-        """Normalise (if asked) and build the distance matrix."""
+    def normalized(self):
+        """Normalise (if asked): the rows ``X`` the distances are taken of."""
         # the plumbing's Numba passes do ~10 flops per entry; small batches
         # run them on one thread (waking threads costs more than it saves)
         self.pass_threads = threads_for(self.n_threads, 10.0 * self.size * self.size,
                                         _LOSS_FLOPS_PER_THREAD)
-        if self.normalize:
-            self.X = np.empty_like(self.E)
-            self.norms = np.empty(self.size)
-            with numba_threads(self.pass_threads):
-                _dk.normalize_rows(self.E, lc.NORMALIZE_EPS, self.X, self.norms)
-        else:
-            self.X, self.norms = self.E, np.ones(self.size)
+        self.X, self.norms, self.operands = lc.prepare_rows(
+            self.E, self.normalize, self.pass_threads, self.product_dtype)
+        return self.X
+
+    def distances(self):
+        """Normalise (if asked) and build the distance matrix."""
+        self.normalized()
         with kernel_threads():
             self.D, self.sq = lc.distance_matrix(self.X, self.pass_threads,
-                                                 self.product_dtype, reuse=True)
+                                                 self.product_dtype, reuse=True,
+                                                 operands=self.operands)
         return self.D
 
     def kernel_pool(self, flops_per_entry):
@@ -201,6 +203,14 @@ def _reduce(total, n_active, n_terms, reduction):
     if denom == 0:
         return 0.0, 0.0
     return float(total) / denom, 1.0 / denom
+
+
+def _class_members(labels):
+    """``(members, class_ptr)``: see ``fastmetric._numba.losses.class_members``."""
+    members = np.empty(labels.shape[0], dtype=np.int64)
+    class_ptr = np.empty((labels.shape[0], 2), dtype=np.int64)
+    _lk.class_members(labels, members, class_ptr)
+    return members, class_ptr
 
 
 def _n_classes_at_least_two(labels):
@@ -280,20 +290,32 @@ def contrastive_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
     batch = _Batch(embeddings, labels, indices_tuple, normalize, reduction, n_jobs)
     if batch.indices is None and batch.size < 2:
         return batch.zero()
-    D = batch.distances()
     B = batch.size
-    X = batch.X
-    grad_pos = np.zeros_like(X)
-    grad_neg = np.zeros_like(X)
     if batch.indices is None:
+        # the kernel takes its distances straight from blocks of the Gram
+        # product (no B x B matrix is stored)
+        X = batch.normalized()
+        grad_pos = np.empty_like(X)
+        grad_neg = np.empty_like(X)
         sums = np.empty((B, 2))
         counts = np.empty((B, 4), dtype=np.int64)
-        with batch.kernel_pool(16):
-            _lk.contrastive_all_pairs(X, D, batch.labels, pos_margin, neg_margin,
-                                      sums, counts, grad_pos, grad_neg)
+        n_tasks = threads_for(batch.n_threads, 16.0 * B * B, _LOSS_FLOPS_PER_THREAD)
+        sq, Xp = batch.operands
+        scratch = lc.block_scratch("gram_blocks", n_tasks, B, B, batch.product_dtype,
+                                   reuse=True)
+        rows = lc.work_array("rows", (n_tasks, B))
+        with kernel_threads(), numba_threads(n_tasks):
+            _lk.contrastive_all_pairs(X, Xp, sq, batch.near,
+                                      batch.labels, *_class_members(batch.labels),
+                                      pos_margin, neg_margin, scratch, rows, sums,
+                                      counts, grad_pos, grad_neg)
         pos_sum, neg_sum = sums.sum(axis=0)
         p_active, p_all, n_active, n_all = counts.sum(axis=0)
     else:
+        D = batch.distances()
+        X = batch.X
+        grad_pos = np.zeros_like(X)
+        grad_neg = np.zeros_like(X)
         a1, p, a2, n = _as_pairs(batch.indices)
         sums = np.empty(2)
         counts = np.empty(2, dtype=np.int64)

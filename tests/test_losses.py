@@ -545,3 +545,44 @@ def test_random_shapes_match_reference(B, m, n_classes, seed, normalize, reducti
                              **options)
         np.testing.assert_allclose(loss, expected, rtol=1e-9, atol=1e-12)
         assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("product_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("block_bytes", [64, 1 << 20])
+def test_distance_matrix_matches_numpy(product_dtype, n_threads, block_bytes,
+                                       monkeypatch):
+    """Blocked Gram distances (one or many row blocks per task) against the
+    plain differences, with exact duplicates and a near pair in the batch."""
+    monkeypatch.setattr(lc, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(lc, "BLOCK_ROWS", (3, 256))
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((37, 5))
+    X[7] = X[2]
+    X[11] = X[5] + 1e-7
+    D, sq = lc.distance_matrix(X, n_threads, product_dtype)
+    ref_D = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(axis=-1))
+    np.testing.assert_allclose(sq, (X * X).sum(axis=1), rtol=1e-12)
+    # float32 products: ~1e-5 relative in d^2 away from the near pairs, which
+    # are recomputed from their difference in float64
+    rtol = 1e-5 if product_dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(D, ref_D, rtol=rtol, atol=1e-12)
+    assert D[2, 7] == 0.0 and D[7, 2] == 0.0
+    np.testing.assert_allclose(D[5, 11], ref_D[5, 11], rtol=1e-9)
+    assert np.all(np.diag(D) == 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_contrastive_many_row_blocks_equal_one(dtype, monkeypatch):
+    """The fused contrastive kernel gives the same answer whatever its row
+    blocking (tiny blocks: many per task, the last one partial)."""
+    E, y = _layout("duplicates", 3, B=23, m=4)
+    E = E.astype(dtype)
+    loss1, grad1 = losses.contrastive_loss(E, y, neg_margin=1.3, n_jobs=2)
+    monkeypatch.setattr(lc, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(lc, "BLOCK_ROWS", (3, 256))
+    monkeypatch.setattr(fastmetric._threads, "_FLOPS_PER_THREAD", 1.0)
+    loss2, grad2 = losses.contrastive_loss(E, y, neg_margin=1.3, n_jobs=2)
+    assert loss1 == pytest.approx(loss2, rel=1e-12)
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(grad1, grad2, rtol=rtol, atol=1e-12)

@@ -76,6 +76,142 @@ def distances_from_gram(X, sq, G, D, near):
     return n_near.sum()
 
 
+@njit(nogil=True, cache=True)
+def row_from_gram(X, sq, Gi, i, near, single, out):
+    """Row ``i`` of the distance matrix from row ``i`` of the Gram matrix.
+
+    The same arithmetic as :func:`distances_from_gram`, written as branch-free
+    loops (the compiler vectorises them) with a scalar pass only for rows
+    that hold a near pair besides the diagonal.
+
+    Parameters
+    ----------
+    X : ndarray of shape (B, m)
+    sq : ndarray of shape (B,)
+    Gi : ndarray of shape (B,)
+        ``X_i . X_j`` for every ``j`` (float32 or float64).
+    i : int
+    near : float
+    single : bool
+        ``Gi`` comes from a float32 product: take the square roots in float32
+        (those of the pairs recomputed from their difference in float64).
+    out : ndarray of shape (B,)
+        Out: the distances ``d_ij`` (``out[i] = 0``).
+
+    Returns
+    -------
+    int
+        Number of entries recomputed from the difference.
+    """
+    B = out.shape[0]
+    sqi = sq[i]
+    n_near = 0
+    for j in range(B):
+        d2 = (sqi + sq[j]) - 2.0 * np.float64(Gi[j])
+        n_near += d2 < near * (sqi + sq[j])
+        out[j] = d2
+    # the diagonal is near unless rounding says otherwise: test it alone
+    n_near -= out[i] < near * (sqi + sqi)
+    if single:
+        # a float32 product's d^2 is accurate to ~1e-5 relative (outside the
+        # near pairs, redone below): a float32 square root loses nothing and
+        # is about three times faster than float64's
+        for j in range(B):
+            v = out[j]
+            out[j] = np.sqrt(np.float32(v if v > 0.0 else 0.0))
+    else:
+        for j in range(B):
+            v = out[j]
+            out[j] = np.sqrt(v if v > 0.0 else 0.0)
+    out[i] = 0.0
+    recomputed = 0
+    if n_near > 0:
+        for j in range(B):
+            if j != i:
+                dj = out[j]
+                if dj * dj < near * (sqi + sq[j]):
+                    out[j] = np.sqrt(_direct_sq(X, i, j))
+                    recomputed += 1
+    return recomputed
+
+
+@njit(nogil=True, cache=True)
+def n_blocks(B, rows_per_block):
+    return (B + rows_per_block - 1) // rows_per_block
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def gram_distances(X, Xp, sq, near, scratch, D):
+    """Distance matrix from a Gram product computed block by block, in parallel.
+
+    Each task takes row blocks ``t, t + n_tasks, ...`` of ``scratch.shape[1]``
+    rows, multiplies them into its own scratch block (one BLAS call from
+    this thread, so the product runs on every core without BLAS's own thread
+    pool) and turns them into distances while they are in cache.
+
+    Parameters
+    ----------
+    X : ndarray of shape (B, m), float64
+    Xp : ndarray of shape (B, m)
+        ``X`` in the product's precision (float32 or float64).
+    sq : ndarray of shape (B,)
+    near : float
+    scratch : ndarray of shape (n_tasks, rows_per_block, B), Xp's dtype
+    D : ndarray of shape (B, B)
+        Out.
+
+    Returns
+    -------
+    int
+        Number of ordered pairs recomputed from their difference.
+    """
+    B = X.shape[0]
+    n_tasks, rb, _ = scratch.shape
+    nb = n_blocks(B, rb)
+    single = Xp.itemsize == 4
+    counts = np.zeros(n_tasks, dtype=np.int64)
+    for t in prange(n_tasks):
+        for b in range(t, nb, n_tasks):
+            i0 = b * rb
+            i1 = min(B, i0 + rb)
+            G = scratch[t, :i1 - i0]
+            np.dot(Xp[i0:i1], Xp.T, G)
+            for i in range(i0, i1):
+                counts[t] += row_from_gram(X, sq, G[i - i0], i, near, single, D[i])
+    return counts.sum()
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def weights_times_x(W, rs, X, Xp, scratch, grad):
+    """``grad += rs * X - W Xp`` by row blocks, one BLAS call per block.
+
+    Parameters
+    ----------
+    W : ndarray of shape (B, B)
+        Symmetric weights in the product's precision.
+    rs : ndarray of shape (B,)
+        Row sums of ``W`` (float64).
+    X : ndarray of shape (B, m), float64
+    Xp : ndarray of shape (B, m)
+        ``X`` in ``W``'s precision.
+    scratch : ndarray of shape (n_tasks, rows_per_block, m), Xp's dtype
+    grad : ndarray of shape (B, m)
+        Accumulated into.
+    """
+    B, m = X.shape
+    n_tasks, rb, _ = scratch.shape
+    nb = n_blocks(B, rb)
+    for t in prange(n_tasks):
+        for b in range(t, nb, n_tasks):
+            i0 = b * rb
+            i1 = min(B, i0 + rb)
+            P = scratch[t, :i1 - i0]
+            np.dot(W[i0:i1], Xp, P)
+            for i in range(i0, i1):
+                for k in range(m):
+                    grad[i, k] += rs[i] * X[i, k] - np.float64(P[i - i0, k])
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def row_sums(W, out):
     """``out[i] = sum_j W[i, j]``."""
@@ -204,6 +340,34 @@ def normalize_rows(E, eps, X, norms):
         norms[i] = n
         for k in range(m):
             X[i, k] = E[i, k] / n
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def prepare_rows(E, normalize, eps, X, norms, sq, Xp):
+    """Everything the distance kernels take from a batch, in one pass.
+
+    ``X`` = ``E`` with each row divided by ``max(||row||, eps)`` if
+    ``normalize`` (as :func:`normalize_rows`; else a copy), ``norms`` the
+    divisors (1 without normalisation), ``sq`` the squared norms of ``X``'s
+    rows and ``Xp`` = ``X`` in the product's precision.  ``X`` may be ``E``
+    and ``Xp`` may be ``X`` (same values).
+    """
+    B, m = E.shape
+    for i in prange(B):
+        n = 1.0
+        if normalize:
+            s = 0.0
+            for k in range(m):
+                s += E[i, k] * E[i, k]
+            n = max(np.sqrt(s), eps)
+        norms[i] = n
+        s = 0.0
+        for k in range(m):
+            x = E[i, k] / n if normalize else E[i, k]
+            X[i, k] = x
+            s += x * x
+            Xp[i, k] = x
+        sq[i] = s
 
 
 @njit(parallel=True, nogil=True, cache=True)

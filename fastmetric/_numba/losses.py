@@ -20,6 +20,8 @@ losses share one max-shifted log-sum-exp per row.
 import numpy as np
 from numba import njit, prange
 
+from .distances import row_from_gram
+
 # ---------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------
@@ -41,34 +43,138 @@ def _logaddexp(x, y):
 # Contrastive loss
 # ---------------------------------------------------------------------------
 
-# Rows per block of the contrastive kernel: the block's column of ``D`` is read
-# as short contiguous runs instead of one element per row (a column walk costs
-# a TLB miss per element once ``D`` outgrows the cache).
-_ROW_BLOCK = 16
+@njit(nogil=True, cache=True)
+def class_members(labels, members, class_ptr):
+    """The rows grouped by label, and each row's slice of that grouping.
+
+    Parameters
+    ----------
+    labels : ndarray of int64, shape (B,)
+    members : ndarray of int64, shape (B,)
+        Out: row indices sorted by label (stable).
+    class_ptr : ndarray of int64, shape (B, 2)
+        Out: row ``i``'s class (itself included) is
+        ``members[class_ptr[i, 0]:class_ptr[i, 1]]``.
+    """
+    B = labels.shape[0]
+    order = np.argsort(labels, kind="mergesort")
+    start = 0
+    for q in range(B + 1):
+        if q == B or (q > start and labels[order[q]] != labels[order[start]]):
+            for r in range(start, q):
+                class_ptr[order[r], 0] = start
+                class_ptr[order[r], 1] = q
+            start = q
+        if q < B:
+            members[q] = order[q]
+
+
+# Reassociation only (no nnan/ninf/nsz: every value here may be any float):
+# lets the compiler vectorise the row's sums and counts.
+_REASSOC = {"reassoc"}
+
+
+@njit(nogil=True, cache=True, fastmath=_REASSOC)
+def _contrastive_row_terms(i, d, labels, pos_margin, neg_margin, sums, counts):
+    """Sums and counts of row ``i``'s contrastive terms (branch-free)."""
+    B = d.shape[0]
+    li = labels[i]
+    p_sum = 0.0
+    n_sum = 0.0
+    p_act = 0
+    p_all = 0
+    n_act = 0
+    n_all = 0
+    for j in range(B):
+        dj = d[j]
+        same = labels[j] == li
+        pos = same & (j != i)
+        neg = ~same
+        tp = dj - pos_margin
+        tn = neg_margin - dj
+        ap = pos & (tp > 0.0)
+        an = neg & (tn > 0.0)
+        p_sum += tp if ap else 0.0
+        n_sum += tn if an else 0.0
+        p_all += pos
+        n_all += neg
+        p_act += ap
+        n_act += an
+    sums[i, 0] = p_sum
+    sums[i, 1] = n_sum
+    counts[i, 0] = p_act
+    counts[i, 1] = p_all
+    counts[i, 2] = n_act
+    counts[i, 3] = n_all
+    return p_act + n_act
+
+
+@njit(nogil=True, cache=True)
+def _contrastive_row(X, i, d, labels, members, class_ptr, pos_margin, neg_margin,
+                     sums, counts, grad_pos, grad_neg):
+    """Row ``i`` of :func:`contrastive_all_pairs` from its distances ``d``."""
+    B, m = X.shape
+    for k in range(m):
+        grad_pos[i, k] = 0.0
+        grad_neg[i, k] = 0.0
+    _contrastive_row_terms(i, d, labels, pos_margin, neg_margin, sums, counts)
+    # the active pairs, each with weight 2 / d (both orders of the pair);
+    # positives are found among the row's class members
+    if counts[i, 0] > 0:
+        for q in range(class_ptr[i, 0], class_ptr[i, 1]):
+            j = members[q]
+            dj = d[j]
+            if j != i and dj > 0.0 and dj - pos_margin > 0.0:
+                w = 2.0 / dj
+                for k in range(m):
+                    grad_pos[i, k] += w * (X[i, k] - X[j, k])
+    if counts[i, 2] > 0:
+        li = labels[i]
+        for j in range(B):
+            dj = d[j]
+            if labels[j] != li and dj > 0.0 and neg_margin - dj > 0.0:
+                w = 2.0 / dj
+                for k in range(m):
+                    grad_neg[i, k] -= w * (X[i, k] - X[j, k])
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def contrastive_all_pairs(X, D, labels, pos_margin, neg_margin, sums, counts,
+def contrastive_all_pairs(X, Xp, sq, near, labels, members, class_ptr,
+                          pos_margin, neg_margin, scratch, rows, sums, counts,
                           grad_pos, grad_neg):
     """Contrastive terms over all ordered pairs, and their gradients, in one pass.
 
     Positive terms ``relu(d - pos_margin)``, negative terms
     ``relu(neg_margin - d)``.  The gradient is linear in the reduction's two
     weights, so the gradients of the two unweighted sums are returned and the
-    caller combines them.  They are summed pair by pair,
-    ``(x_i - x_j) / d_ij`` per active pair, in ``O(B^2 + n_active m)``: no
-    ``dL/dD`` matrix and no matrix product (with every pair active this costs
-    about what the dense route does; usually only the positives and a few
-    negatives are).  Row ``i`` gathers both orders ``(i, j)`` and ``(j, i)``,
-    so blocks of rows are independent.  Zero-distance pairs contribute
-    nothing (the subgradient of ``torch.cdist``).
+    caller combines them.  No distance matrix is stored: each task multiplies
+    a block of rows into its scratch block (one BLAS call), turns each row
+    into distances (``fastmetric._numba.distances.row_from_gram``) and
+    scores it.  The pair ``(i, j)`` and its mirror ``(j, i)`` have the same
+    distance, so row ``i``'s gradient takes ``2 (x_i - x_j) / d_ij`` per
+    active pair, summed pair by pair in ``O(n_active m)`` (no matrix
+    product: as a rule only the positives and a few negatives are active).
+    Zero-distance pairs contribute nothing (the subgradient of
+    ``torch.cdist``).
 
     Parameters
     ----------
-    X : ndarray of shape (B, m)
-    D : ndarray of shape (B, B)
+    X : ndarray of shape (B, m), float64
+    Xp : ndarray of shape (B, m)
+        ``X`` in the product's precision.
+    sq : ndarray of shape (B,)
+        Squared row norms.
+    near : float
+        Near-pair ratio (see ``fastmetric._numba.distances``).
     labels : ndarray of int64, shape (B,)
+    members : ndarray of int64, shape (B,)
+        The rows grouped by label.
+    class_ptr : ndarray of int64, shape (B, 2)
+        Row ``i``'s class is ``members[class_ptr[i, 0]:class_ptr[i, 1]]``.
     pos_margin, neg_margin : float
+    scratch : ndarray of shape (n_tasks, rows_per_block, B), Xp's dtype
+    rows : ndarray of shape (n_tasks, B), float64
+        Work rows.
     sums : ndarray of shape (B, 2)
         Out: per row ``i``, the sum of the positive and of the negative terms
         of the pairs ``(i, j)``.
@@ -79,49 +185,21 @@ def contrastive_all_pairs(X, D, labels, pos_margin, neg_margin, sums, counts,
         Out: gradients with respect to ``X`` of the sums of the positive and
         of the negative terms.
     """
-    B, m = X.shape
-    n_blocks = (B + _ROW_BLOCK - 1) // _ROW_BLOCK
-    for blk in prange(n_blocks):
-        i0 = blk * _ROW_BLOCK
-        i1 = min(B, i0 + _ROW_BLOCK)
-        for i in range(i0, i1):
-            sums[i, 0] = 0.0
-            sums[i, 1] = 0.0
-            for c in range(4):
-                counts[i, c] = 0
-            for k in range(m):
-                grad_pos[i, k] = 0.0
-                grad_neg[i, k] = 0.0
-        for j in range(B):
-            lj = labels[j]
+    B = X.shape[0]
+    n_tasks, rb, _ = scratch.shape
+    nb = (B + rb - 1) // rb
+    single = Xp.itemsize == 4
+    for t in prange(n_tasks):
+        d = rows[t]
+        for b in range(t, nb, n_tasks):
+            i0 = b * rb
+            i1 = min(B, i0 + rb)
+            G = scratch[t, :i1 - i0]
+            np.dot(Xp[i0:i1], Xp.T, G)
             for i in range(i0, i1):
-                if i == j:
-                    continue
-                d = D[i, j]
-                if labels[i] == lj:
-                    counts[i, 1] += 1
-                    t = d - pos_margin
-                    active = t > 0.0
-                    if active:
-                        sums[i, 0] += t
-                        counts[i, 0] += 1
-                    n_act = active + (D[j, i] - pos_margin > 0.0)
-                    if n_act and d > 0.0:
-                        w = n_act / d
-                        for k in range(m):
-                            grad_pos[i, k] += w * (X[i, k] - X[j, k])
-                else:
-                    counts[i, 3] += 1
-                    t = neg_margin - d
-                    active = t > 0.0
-                    if active:
-                        sums[i, 1] += t
-                        counts[i, 2] += 1
-                    n_act = active + (neg_margin - D[j, i] > 0.0)
-                    if n_act and d > 0.0:
-                        w = n_act / d
-                        for k in range(m):
-                            grad_neg[i, k] -= w * (X[i, k] - X[j, k])
+                row_from_gram(X, sq, G[i - i0], i, near, single, d)
+                _contrastive_row(X, i, d, labels, members, class_ptr, pos_margin,
+                                 neg_margin, sums, counts, grad_pos, grad_neg)
 
 
 @njit(nogil=True, cache=True)
