@@ -25,17 +25,22 @@ from ._validation import _float_array, check_finite
 NORMALIZE_EPS = 1e-12
 
 
-def check_embeddings(embeddings, name="embeddings"):
+def check_embeddings(embeddings, name="embeddings", keep_float32=False):
     """Validate a batch of embeddings.
 
     Parameters
     ----------
     embeddings : array-like of shape (batch_size, n_dims)
     name : str
+    keep_float32 : bool, default=False
+        Return float32 input as it is (C-contiguous) instead of a float64 copy,
+        for kernels that read either precision (a copy of a large batch costs
+        fresh memory on every call).
 
     Returns
     -------
-    E64 : ndarray of float64, C-contiguous
+    E : ndarray, C-contiguous
+        float64, or float32 if the input is float32 and ``keep_float32``.
     dtype : numpy dtype
         The input's float dtype (float32 kept; everything else float64), for the
         gradient returned to the caller.
@@ -46,6 +51,8 @@ def check_embeddings(embeddings, name="embeddings"):
     if E.shape[1] < 1:
         raise ValueError(f"{name} has 0 columns; at least 1 is required")
     check_finite(E, name)
+    if keep_float32 and E.dtype == np.float32:
+        return np.ascontiguousarray(E), E.dtype
     return np.ascontiguousarray(E, dtype=np.float64), E.dtype
 
 
@@ -217,15 +224,16 @@ def prepare_rows(E, normalize, n_threads, product_dtype=np.float64):
 
     Parameters
     ----------
-    E : ndarray of shape (B, m), float64, C-contiguous
+    E : ndarray of shape (B, m), float32 or float64, C-contiguous
     normalize : bool
     n_threads : int
     product_dtype : {np.float64, np.float32}, default=np.float64
 
     Returns
     -------
-    X : ndarray of shape (B, m)
-        The rows distances are taken of (``E`` itself without normalisation).
+    X : ndarray of shape (B, m), float64
+        The rows distances are taken of (``E`` itself if float64 and not
+        normalised; else a :func:`work_array`, valid for this call only).
     norms : ndarray of shape (B,)
         The divisors (ones without normalisation).
     operands : tuple ``(sq, Xp)``
@@ -233,10 +241,12 @@ def prepare_rows(E, normalize, n_threads, product_dtype=np.float64):
         to :func:`distance_matrix`.
     """
     B, m = E.shape
-    X = np.empty_like(E) if normalize else E
+    # the rows and their float32 copy live for one call: reused buffers (fresh
+    # pages for them cost more than the pass that fills them)
+    X = E if not normalize and E.dtype == np.float64 else work_array("rows64", (B, m))
     norms = np.empty(B)
     sq = np.empty(B)
-    Xp = X if product_dtype == np.float64 else np.empty((B, m), np.float32)
+    Xp = X if product_dtype == np.float64 else work_array("rows32", (B, m), np.float32)
     with numba_threads(n_threads):
         _dk.prepare_rows(E, normalize, NORMALIZE_EPS, X, norms, sq, Xp)
     return X, norms, (sq, Xp)
@@ -292,20 +302,23 @@ def distance_backward(C, D, X, sq, n_threads, product_dtype=np.float64, reuse=Fa
     ``product_dtype=np.float32`` the product ``W X`` runs in float32 (the
     weights and row sums stay float64, near pairs are summed from their
     differences in float64); use the value given to :func:`distance_matrix`.
-    With ``reuse`` the float32 weights go to a :func:`work_array` buffer.
-    Like :func:`distance_matrix`, call it with BLAS held at one thread.
+    With ``reuse`` the float32 weights and the returned gradient are
+    :func:`work_array` buffers (valid until the next such call).  Like
+    :func:`distance_matrix`, call it with BLAS held at one thread.
     """
     near = near_ratio(product_dtype)
-    grad = np.zeros_like(X)
-    rs = np.empty(X.shape[0])
     alloc = work_array if reuse else _fresh_array
+    grad = alloc("grad64", X.shape)
+    grad.fill(0.0)
+    rs = np.empty(X.shape[0])
     with numba_threads(n_threads):
         if _dk.symmetric_weights(C, D, sq, near):
             _dk.move_near_pairs(C, D, X, sq, grad, near)
         if product_dtype == np.float32:
             W = alloc("gram32", C.shape, np.float32)
             _dk.row_sums_to_f32(C, rs, W)
-            Xp = X.astype(np.float32)
+            Xp = alloc("rows32", X.shape, np.float32)
+            Xp[...] = X
         else:
             W = C
             _dk.row_sums(C, rs)

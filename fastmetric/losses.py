@@ -115,7 +115,7 @@ class _Batch:
 
     def __init__(self, embeddings, labels, indices_tuple, normalize, reduction,
                  n_jobs):
-        E, self.dtype = lc.check_embeddings(embeddings)
+        E, self.dtype = lc.check_embeddings(embeddings, keep_float32=True)
         self.size = E.shape[0]
         if labels is None:
             if indices_tuple is None:
@@ -295,8 +295,8 @@ def contrastive_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
         # the kernel takes its distances straight from blocks of the Gram
         # product (no B x B matrix is stored)
         X = batch.normalized()
-        grad_pos = np.empty_like(X)
-        grad_neg = np.empty_like(X)
+        grad_pos = lc.work_array("grad64", X.shape)
+        grad_neg = lc.work_array("grad64b", X.shape)
         sums = np.empty((B, 2))
         counts = np.empty((B, 4), dtype=np.int64)
         n_tasks = threads_for(batch.n_threads, 16.0 * B * B, _LOSS_FLOPS_PER_THREAD)

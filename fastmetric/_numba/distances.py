@@ -346,9 +346,10 @@ def normalize_rows(E, eps, X, norms):
 def prepare_rows(E, normalize, eps, X, norms, sq, Xp):
     """Everything the distance kernels take from a batch, in one pass.
 
-    ``X`` = ``E`` with each row divided by ``max(||row||, eps)`` if
-    ``normalize`` (as :func:`normalize_rows`; else a copy), ``norms`` the
-    divisors (1 without normalisation), ``sq`` the squared norms of ``X``'s
+    ``E`` may be float32 (read as float64).  ``X`` = ``E`` with each row
+    divided by ``max(||row||, eps)`` if ``normalize`` (as
+    :func:`normalize_rows`; else a copy), ``norms`` the divisors (1 without
+    normalisation), ``sq`` the squared norms of ``X``'s
     rows and ``Xp`` = ``X`` in the product's precision.  ``X`` may be ``E``
     and ``Xp`` may be ``X`` (same values).
     """
@@ -358,12 +359,13 @@ def prepare_rows(E, normalize, eps, X, norms, sq, Xp):
         if normalize:
             s = 0.0
             for k in range(m):
-                s += E[i, k] * E[i, k]
+                e = np.float64(E[i, k])
+                s += e * e
             n = max(np.sqrt(s), eps)
         norms[i] = n
         s = 0.0
         for k in range(m):
-            x = E[i, k] / n if normalize else E[i, k]
+            x = np.float64(E[i, k]) / n if normalize else np.float64(E[i, k])
             X[i, k] = x
             s += x * x
             Xp[i, k] = x
