@@ -303,12 +303,14 @@ def contrastive_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
         sq, Xp = batch.operands
         scratch = lc.block_scratch("gram_blocks", n_tasks, B, B, batch.product_dtype,
                                    reuse=True)
-        rows = lc.work_array("rows", (n_tasks, B))
+        dists = lc.work_array("block_distances", scratch.shape)
+        products = lc.work_array("products", scratch.shape[:2] + (X.shape[1],),
+                                 batch.product_dtype)
         with kernel_threads(), numba_threads(n_tasks):
             _lk.contrastive_all_pairs(X, Xp, sq, batch.near,
                                       batch.labels, *_class_members(batch.labels),
-                                      pos_margin, neg_margin, scratch, rows, sums,
-                                      counts, grad_pos, grad_neg)
+                                      pos_margin, neg_margin, scratch, dists,
+                                      products, sums, counts, grad_pos, grad_neg)
         pos_sum, neg_sum = sums.sum(axis=0)
         p_active, p_all, n_active, n_all = counts.sum(axis=0)
     else:

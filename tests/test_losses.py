@@ -264,23 +264,27 @@ def test_gradient_matches_finite_differences(name, normalize, reduction):
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("mined", [False, True])
-def test_contrastive_direct_gradient_equals_dense_route(normalize, reduction, mined):
-    """The contrastive kernel sums its gradient pair by pair; the dL/dD route of
-    the shared plumbing must give the same, duplicates and a near pair included."""
-    E, y = _layout("duplicates", 3, B=11, m=3)
+@pytest.mark.parametrize("B, nm", [(11, 1.2), (96, 0.7), (96, 2.5)])
+def test_contrastive_direct_gradient_equals_dense_route(normalize, reduction, mined,
+                                                        B, nm):
+    """The contrastive kernel sums its gradient pair by pair (or, for rows with
+    many active negatives, through a product by row block); the dL/dD route of
+    the shared plumbing must give the same, duplicates and a near pair included.
+    B=96: rows with a few active negatives (pair by pair) and rows with many."""
+    E, y = _layout("duplicates", 3, B=B, m=3)
     E[4] += 1e-9
     y[4], y[9] = 0, 1  # the near pair (4, 9) is an active negative pair
     if not normalize:
         E = E * 0.4
-    tuples = _mined(2, 11, "pairs", 30) if mined else None
-    pm, nm = 0.1, 1.2
+    tuples = _mined(2, B, "pairs", 30) if mined else None
+    pm = 0.1
     _, grad = losses.contrastive_loss(E, y, pos_margin=pm, neg_margin=nm,
                                       normalize=normalize, reduction=reduction,
                                       indices_tuple=tuples)
     X, norms = lc.l2_normalize(E) if normalize else (E, None)
     D, sq = lc.distance_matrix(X, 1)
     a1, p, a2, n = ref.pairs_of(y, tuples)
-    C = np.zeros((11, 11))
+    C = np.zeros((B, B))
     for pairs, slope, sign in (((a1, p), lambda d: d - pm, 1.0),
                                ((a2, n), lambda d: nm - d, -1.0)):
         terms = np.array([slope(D[i, j]) for i, j in zip(*pairs, strict=True)])
