@@ -241,9 +241,12 @@ def prepare_rows(E, normalize, n_threads, product_dtype=np.float64):
         to :func:`distance_matrix`.
     """
     B, m = E.shape
+    if not normalize and E.dtype == np.float64:
+        # the caller's rows as they are (never written: they may be the user's)
+        return E, np.ones(B), (np.einsum("ij,ij->i", E, E), E)
     # the rows and their float32 copy live for one call: reused buffers (fresh
     # pages for them cost more than the pass that fills them)
-    X = E if not normalize and E.dtype == np.float64 else work_array("rows64", (B, m))
+    X = work_array("rows64", (B, m))
     norms = np.empty(B)
     sq = np.empty(B)
     Xp = X if product_dtype == np.float64 else work_array("rows32", (B, m), np.float32)

@@ -590,3 +590,19 @@ def test_contrastive_many_row_blocks_equal_one(dtype, monkeypatch):
     assert loss1 == pytest.approx(loss2, rel=1e-12)
     rtol = 1e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(grad1, grad2, rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_read_only_embeddings_are_accepted_and_untouched(name, normalize, dtype):
+    fn, _, options = LOSSES[name]
+    E, y = _layout("random", 5, B=16, m=3)
+    E = E.astype(dtype)
+    expected = fn(E.copy(), y, normalize=normalize, **options)
+    E.flags.writeable = False
+    before = E.copy()
+    loss, grad = fn(E, y, normalize=normalize, **options)
+    np.testing.assert_array_equal(E, before)
+    assert loss == expected[0]
+    np.testing.assert_array_equal(grad, expected[1])

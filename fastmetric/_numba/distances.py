@@ -350,8 +350,8 @@ def prepare_rows(E, normalize, eps, X, norms, sq, Xp):
     divided by ``max(||row||, eps)`` if ``normalize`` (as
     :func:`normalize_rows`; else a copy), ``norms`` the divisors (1 without
     normalisation), ``sq`` the squared norms of ``X``'s
-    rows and ``Xp`` = ``X`` in the product's precision.  ``X`` may be ``E``
-    and ``Xp`` may be ``X`` (same values).
+    rows and ``Xp`` = ``X`` in the product's precision.  ``Xp`` may be
+    ``X``; ``X`` must not be ``E`` (the caller's array).
     """
     B, m = E.shape
     for i in prange(B):
