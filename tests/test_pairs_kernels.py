@@ -222,6 +222,52 @@ def test_sqrt_dist_sum_grad_zero_distance_pairs_contribute_nothing(
     _assert_close(g_all, g_kept, np.abs(g_kept).max(), dtype)
 
 
+def ref_sqrt_dist_sum_grad_factor(X, i, j, K):
+    D = _diffs(X, i, j)
+    Y = D @ K.astype(np.float64)
+    dist = np.sqrt(np.einsum("pk,pk->p", Y, Y))
+    dist_scale = np.sqrt(np.einsum("pk,pk->p", *(np.abs(D) @ np.abs(K),) * 2))
+    coef = np.where(dist > 0, 0.5 / np.where(dist > 0, dist, 1.0), 0.0)
+    grad = D.T @ (coef[:, None] * D)
+    # A distance's rounding is relative to its scale, not to itself (the
+    # projection D K can cancel), and the 1/dist weight passes it on.
+    amplify = np.where(dist > 0, dist_scale / np.where(dist > 0, dist, 1.0), 0.0)
+    grad_scale = np.abs(D).T @ ((coef * amplify)[:, None] * np.abs(D))
+    return dist, dist_scale, grad, grad_scale
+
+
+@grid
+@dims
+@dtypes
+@threads
+@pytest.mark.parametrize("rank", [1, 2, "d"])
+def test_sqrt_dist_sum_grad_factor(n_pairs, d, dtype, num_threads, rank):
+    X, i, j, _ = _case(n_pairs, d, dtype)
+    r = d if rank == "d" else rank
+    K = np.random.default_rng(3).normal(size=(d, r)).astype(dtype)
+    grad = np.full((d, d), np.nan, dtype=dtype)
+    dists = np.full(n_pairs, np.nan, dtype=dtype)
+    f = _pairs.sqrt_dist_sum_grad_factor(X, i, j, K, grad, dists, num_threads)
+    dist_ref, dist_scale, grad_ref, grad_scale = ref_sqrt_dist_sum_grad_factor(
+        X, i, j, K)
+    _assert_close(f, dist_ref.sum(), dist_scale.sum(), dtype)
+    _assert_close(dists, dist_ref, dist_scale, dtype)
+    # Pairs with i == j, and only those here, sit at exactly zero distance.
+    assert np.array_equal(dists == 0, dist_ref == 0)
+    _assert_close(grad, grad_ref, grad_scale, dtype, factor=2.0)
+    assert np.array_equal(grad, grad.T)
+    # The same through A = K K^T, and the value-only pass.
+    if n_pairs:
+        A = (K.astype(np.float64) @ K.T.astype(np.float64)).astype(dtype)
+        g_full = np.empty((d, d), dtype=dtype)
+        f_full = _pairs.sqrt_dist_sum_grad(X, i, j, A, g_full, 0.0, num_threads)
+        _assert_close(f, f_full, dist_scale.sum(), dtype, factor=4.0)
+    f_only = _pairs.sqrt_dist_sum_grad_factor(
+        X, i, j, K, np.empty((0, 0), dtype=dtype), np.empty(0, dtype=dtype),
+        num_threads)
+    assert f_only == f
+
+
 @grid
 @dims
 @dtypes
