@@ -81,6 +81,30 @@ def dist_sum_and_grad(pairs, A, eps=0.0, n_threads=1):
     return f, grad.astype(np.float64)
 
 
+def factor_dist_sum_and_grad(pairs, K, dists=None, n_threads=1, grad=True):
+    """``sum_p ||K^T (x_i - x_j)||``, its gradient in ``A = K K^T`` and the distances.
+
+    The low-rank form of :func:`dist_sum_and_grad`: 2 n d r flops for the
+    distances instead of 2 n d^2.  ``dists`` (shape (n_pairs,), data dtype),
+    when given, receives every pair's distance.  With ``grad=False`` only the
+    value is computed and None is returned for the gradient.
+    """
+    d = pairs.n_features
+    dtype = pairs.X.dtype
+    K = np.ascontiguousarray(K, dtype=dtype)
+    if K.shape[1] == 0:  # A = 0
+        K = np.zeros((d, 1), dtype=dtype)
+    out = np.empty((d, d) if grad else (0, 0), dtype=dtype)
+    if dists is None:
+        dists = np.empty(0, dtype=dtype)
+    flops = pairs.n_pairs * (2.0 * d * K.shape[1] + (d * d if grad else 0.0))
+    nt = threads_for(n_threads, flops)
+    with kernel_threads(nt):
+        f = _pairs.sqrt_dist_sum_grad_factor(pairs.X, pairs.i, pairs.j, K, out,
+                                             dists, nt)
+    return f, (out.astype(np.float64) if grad else None)
+
+
 def pair_sq_distances(pairs, A, n_threads=1):
     """Squared Mahalanobis distance of every pair (in the data's dtype)."""
     out = np.empty(pairs.n_pairs, dtype=pairs.X.dtype)
@@ -91,13 +115,19 @@ def pair_sq_distances(pairs, A, n_threads=1):
     return out
 
 
-def diag_dist_sum(pairs, w, n_threads=1):
-    """``sum_p sqrt(sum_k w_k (x_ik - x_jk)^2)``: the value-only diagonal pass."""
+def diag_sq_distances(pairs, w, n_threads=1):
+    """``sum_k w_k (x_ik - x_jk)^2`` for every pair (in the data's dtype)."""
     out = np.empty(pairs.n_pairs, dtype=pairs.X.dtype)
     w = np.ascontiguousarray(w, dtype=pairs.X.dtype)
     nt = threads_for(n_threads, 3.0 * pairs.n_pairs * pairs.n_features)
     with kernel_threads(nt):
         _pairs.pair_sq_dists_diag(pairs.X, pairs.i, pairs.j, w, out, nt)
+    return out
+
+
+def diag_dist_sum(pairs, w, n_threads=1):
+    """``sum_p sqrt(sum_k w_k (x_ik - x_jk)^2)``: the value-only diagonal pass."""
+    out = diag_sq_distances(pairs, w, n_threads)
     return float(np.sqrt(np.maximum(out, 0), dtype=np.float64).sum())
 
 

@@ -17,9 +17,8 @@ from ._mmc_common import (
     _project_spectraplex,
     _sym,
     _warn_not_converged,
-    dist_sum_and_grad,
-    mmc_objective,
-    pair_sq_distances,
+    diag_sq_distances,
+    factor_dist_sum_and_grad,
     s_matrix,
     tolerance_floor,
 )
@@ -33,6 +32,12 @@ class _Whitened:
     ``trace(B) <= 1`` for ``A = P B P^T``, and the problem is
     ``max f(B) = sum_D sqrt(z^T B z)`` over ``{B PSD, trace(B) <= 1}``, where
     f is concave and positively homogeneous of degree 1/2.
+
+    Every evaluation goes through a factor ``B = L L^T`` (L of shape (d, r)):
+    the iterates are projections onto the spectraplex, which zero all but a
+    few eigenvalues, so the distances cost 2 n d r flops instead of 2 n d^2.
+    The last evaluation's per-pair distances are kept in ``dists`` for the
+    certificate.
     """
 
     def __init__(self, dissimilar, M, n_threads):
@@ -58,6 +63,12 @@ class _Whitened:
         self.P_inv = (V * np.sqrt(mu)).T  # B = P_inv A P_inv^T
         self.dissimilar = dissimilar
         self.n_threads = n_threads
+        self.dists = np.empty(dissimilar.n_pairs, dtype=dissimilar.X.dtype)
+        # Pairs of identical points sit at distance 0 under every metric and
+        # take no part in the Frank-Wolfe certificate; any other pair at
+        # distance 0 invalidates it (see fw_gap).
+        self.n_identical = int(np.count_nonzero(
+            diag_sq_distances(dissimilar, np.ones(M.shape[0]), n_threads) == 0))
 
     def to_A(self, B):
         return _sym(self.P @ B @ self.P.T)
@@ -65,9 +76,45 @@ class _Whitened:
     def to_B(self, A):
         return _sym(self.P_inv @ A @ self.P_inv.T)
 
-    def value_grad(self, B):
-        f, GA = dist_sum_and_grad(self.dissimilar, self.to_A(B), 0.0, self.n_threads)
+    def value_grad_factor(self, L):
+        """``f(L L^T)`` and its gradient; the distances go to ``self.dists``."""
+        f, GA = factor_dist_sum_and_grad(self.dissimilar, self.P @ L, self.dists,
+                                         self.n_threads)
         return f, _sym(self.P.T @ GA @ self.P)
+
+    def value_factor(self, L):
+        """``f(L L^T)`` alone (2 n d r flops; ``self.dists`` is left alone)."""
+        return factor_dist_sum_and_grad(self.dissimilar, self.P @ L, None,
+                                        self.n_threads, grad=False)[0]
+
+    def value_grad(self, B):
+        """``(f, G, L)`` at a PSD B, through its eigendecomposition."""
+        return (*self.value_grad_factor(L := _factor(B)), L)
+
+    def fw_gap(self, f, G):
+        """Relative Frank-Wolfe gap ``(lambda_max(G) - f / 2) / f`` at the last point.
+
+        With ``t_p = dist_p`` in the bound of :func:`_dual_gap` this is a
+        certified bound on ``(f* - f) / f`` -- provided no pair other than
+        identical points sits at distance 0 (such a pair's term would need
+        ``t_p = 0``); then it is ``inf``.  ``f / 2 = <G, B>`` by homogeneity.
+        """
+        if np.count_nonzero(self.dists == 0) > self.n_identical:
+            return np.inf
+        return max(float(np.linalg.eigvalsh(G)[-1]) - 0.5 * f, 0.0) / max(
+            f, np.finfo(float).tiny)
+
+
+def _factor(B):
+    """A factor L (d x r) with ``L L^T = B`` for a PSD B, of B's numerical rank.
+
+    Eigenvalues below ``d eps lambda_max`` are dropped: eigh's own rounding
+    of B is that large, so they carry no information (and keeping them would
+    make every factor full-width).
+    """
+    lam, V = _eigh(B)
+    keep = lam > max(lam[-1], 0.0) * B.shape[0] * np.finfo(float).eps
+    return V[:, keep] * np.sqrt(lam[keep])
 
 
 def _lambda_max(M):
@@ -111,34 +158,25 @@ def _lambda_max_estimate(M, v, iters=12):
     return float(x @ (M @ x))
 
 
-def _gap(f, G, B, v):
-    """Estimated Frank-Wolfe gap ``(lambda_max(G) - <G, B>) / f``.
-
-    Tracks progress only (``lambda_max`` is estimated, see
-    :func:`_lambda_max_estimate`); stopping uses :func:`_dual_gap`.
-    """
-    return max(_lambda_max_estimate(G, v) - float(np.sum(G * B)), 0.0) / max(
-        f, np.finfo(float).tiny)
-
-
-def _dual_gap(prob, B, f, G, target=0.0, max_subset=2048, n_floors=10):
-    """Certified relative duality gap ``(U - f) / f`` with ``U >= f*``.
+def _dual_gap(prob, f, G, max_subset=2048, n_floors=10):
+    """Certified relative duality gap ``(U - f) / f`` with ``U >= f*``, by floors.
 
     For any ``t_p > 0``, ``sqrt(a) <= t_p / 2 + a / (2 t_p)``, so
     ``f* <= sum_p t_p / 2 + lambda_max(sum_p z_p z_p^T / (2 t_p))`` (maximising
     the linear term over the spectraplex).  ``t_p = dist_p`` gives the
-    Frank-Wolfe bound, valid when no pair sits at zero distance; raising the
-    smallest distances to a floor ``tau`` removes the near-collapsed pairs'
-    blow-up, and minimising over floors (a coarse grid, then a finer one
-    around the best) gives a bound that is tight at the optimum.  Pairs of
-    identical points (``z_p = 0``) contribute nothing and are ignored.  The
-    corrections are prefix sums over the pairs sorted by distance: one
-    O(k d^2) pass plus one eigenvalue per floor.  Returns as soon as a bound
-    within ``target`` is found.
+    Frank-Wolfe bound (:meth:`_Whitened.fw_gap`), valid when no pair sits at
+    zero distance and loose when some nearly do; raising the smallest
+    distances to a floor ``tau`` removes the near-collapsed pairs' blow-up,
+    and minimising over floors (a coarse grid, then a finer one around the
+    best) gives a bound that is tight at the optimum.  Pairs of identical
+    points (``z_p = 0``) contribute nothing and are ignored.  The distances
+    are those of the last evaluation (``prob.dists``, at the point where f and
+    G were taken); the corrections are prefix sums over the pairs sorted by
+    distance: one O(k d^2) pass plus one eigenvalue per floor.  Returns inf
+    when no floor applies.
     """
     dis = prob.dissimilar
-    s = np.sqrt(pair_sq_distances(dis, prob.to_A(B), prob.n_threads)
-                .astype(np.float64))
+    s = prob.dists.astype(np.float64)
     total = float(s.sum())
     scale = max(f, np.finfo(float).tiny)
     k = min(max_subset, s.size)
@@ -148,10 +186,8 @@ def _dual_gap(prob, B, f, G, target=0.0, max_subset=2048, n_floors=10):
     nonzero = np.einsum("pk,pk->p", Z, Z) > 0
     Z, s_small = Z[nonzero], s[small][nonzero]
     best = np.inf
-    if s_small.size == 0 or s_small[0] > 0:
-        best = total / 2 + _lambda_max(G)  # the Frank-Wolfe bound
-        if (best - f) / scale <= target or s_small.size == 0:
-            return max(best - f, 0.0) / scale
+    if s_small.size == 0:
+        return best
     inv = np.where(s_small > 0, 0.5 / np.maximum(s_small, 1e-300), 0.0)
     prefix = np.concatenate([[0.0], np.cumsum(s_small)])
     v = _start_vector(G.shape[0])
@@ -245,7 +281,8 @@ def _factor_newton(prob, B, f, r, dec_tol, budget):
     Hessian's negative eigen-directions get Newton steps, the rest none, and a
     backtracking line search on f (retraction by normalisation) keeps ascent.
 
-    Returns ``(B, f, steps)``; B is unchanged if no step increased f.
+    Returns ``(B, L, f, steps)`` with ``B = L L^T``; B is unchanged (and L
+    None) if no step increased f.
     """
     d = B.shape[0]
     lam, V = _eigh(B)
@@ -253,9 +290,9 @@ def _factor_newton(prob, B, f, r, dec_tol, budget):
     L = V[:, -r:] * np.sqrt(lam_top)
     L /= np.linalg.norm(L)
     steps = 0
-    best_B, best_f = B, f
+    best_B, best_L, best_f = B, None, f
     while steps < budget:
-        G_L = prob.value_grad(_sym(L @ L.T))[1]
+        G_L = prob.value_grad_factor(L)[1]
         f_L, grad, H = _factor_derivatives(prob, L, G_L)
         g = grad.reshape(-1, order="F")
         # Normal direction and gauge directions L @ (e_a e_b^T - e_b e_a^T).
@@ -286,10 +323,7 @@ def _factor_newton(prob, B, f, r, dec_tol, budget):
         while t > 1e-12:
             L_new = L + t * E
             L_new /= np.linalg.norm(L_new)
-            B_new = _sym(L_new @ L_new.T)
-            f_new = float(np.sqrt(pair_sq_distances(
-                prob.dissimilar, prob.to_A(B_new), prob.n_threads)
-                .astype(np.float64)).sum())
+            f_new = prob.value_factor(L_new)
             if f_new >= f_L + 1e-4 * t * dec:
                 break
             t *= 0.5
@@ -297,18 +331,20 @@ def _factor_newton(prob, B, f, r, dec_tol, budget):
             break
         L = L_new
         if f_new > best_f:
-            best_B, best_f = B_new, f_new
-    return best_B, best_f, steps
+            best_B, best_L, best_f = _sym(L_new @ L_new.T), L_new, f_new
+    return best_B, best_L, best_f, steps
 
 
 def _newton_pays(gaps, gap, target, d, r, n_pairs):
     """Whether a Newton round is expected to beat continuing projected gradient.
 
     Projected gradient converges linearly; its rate over the last iterations
-    predicts how many more it needs.  A Newton round (a few steps, each an
-    O(n (d r)^2) Hessian pass and an O((d r)^3) eigendecomposition) is priced
-    in projected-gradient iterations (O(n d^2) kernel passes and O(d^3)
-    eigendecompositions), with eigendecompositions counted 20 flops apart.
+    predicts how many more it needs.  A Newton round (about three steps, each
+    a gradient pass, a Hessian pass -- whitening the block, 2 n d^2, and its
+    syrk, n (d r)^2 -- and an O((d r)^3) eigendecomposition) is priced in
+    projected-gradient iterations (one low-rank kernel pass, n (d^2 + 2 d r),
+    and O(d^3) eigendecompositions), eigendecompositions counted 20 flops
+    apart.
     """
     if len(gaps) < 8:
         return False
@@ -320,19 +356,21 @@ def _newton_pays(gaps, gap, target, d, r, n_pairs):
         return True
     remaining = np.log(target / gap) / np.log(rate)
     m = d * r
-    newton = 3.0 * (20.0 * m**3 + n_pairs * m**2)
-    iteration = 6.0 * n_pairs * d**2 + 40.0 * d**3
+    iteration = n_pairs * (d**2 + 2.0 * m) + 40.0 * d**3
+    newton = 3.0 * (iteration + n_pairs * (2.0 * d**2 + m**2) + 20.0 * m**3)
     return remaining > newton / iteration
 
 
 def _spg_step(prob, B, f, G, alpha, recent):
     """One spectral projected gradient step on the spectraplex.
 
-    Non-monotone Armijo backtracking; returns ``None`` for the new point when
-    no step of at least 2^-20 of the trial passes (the iterate is optimal to
-    rounding in the directions projected gradient can see).
+    Non-monotone Armijo backtracking; returns ``(B, L, f, G, alpha)`` with
+    ``B = L L^T``, or ``None`` for B and L when no step of at least 2^-20 of
+    the trial passes (the iterate is optimal to rounding in the directions
+    projected gradient can see).  The full step, a projection, comes with its
+    low-rank factor; shorter steps are factored by an eigendecomposition.
     """
-    trial, _, _ = _project_spectraplex(B + alpha * G)
+    trial, lam, V = _project_spectraplex(B + alpha * G)
     direction = trial - B
     slope = float(np.sum(G * direction))
     ref = max(recent[-10:])
@@ -341,20 +379,24 @@ def _spg_step(prob, B, f, G, alpha, recent):
     slack = 8.0 * np.finfo(float).eps * abs(ref)
     step = 1.0
     while True:
-        B_new = trial if step == 1.0 else B + step * direction
-        f_new, G_new = prob.value_grad(B_new)
+        if step == 1.0:
+            B_new, L_new = trial, V * np.sqrt(lam)
+            f_new, G_new = prob.value_grad_factor(L_new)
+        else:
+            B_new = B + step * direction
+            f_new, G_new, L_new = prob.value_grad(B_new)
         if f_new >= ref + 1e-4 * step * slope - slack:
             break
         step *= 0.5
         if step < 2.0**-20:
-            return None, f, G, alpha
+            return None, None, f, G, alpha
     s_vec = B_new - B
     sy = -float(np.sum(s_vec * (G_new - G)))
     ss = float(np.sum(s_vec * s_vec))
     alpha = ss / sy if sy > 0 else 1e3 * alpha
     g_norm = max(np.linalg.norm(G_new), 1e-300)
     alpha = min(max(alpha, 1e-12 / g_norm), 1e12 / g_norm)
-    return B_new, f_new, G_new, alpha
+    return B_new, L_new, f_new, G_new, alpha
 
 
 def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
@@ -421,8 +463,9 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         return A * (t_bound / max(float(np.sum(A * M_scale)), np.finfo(float).tiny))
 
     B = prob.to_B(A0)
-    B, _, _ = _project_spectraplex(B / max(np.trace(B), np.finfo(float).tiny))
-    f, G = prob.value_grad(B)
+    B, lam, V = _project_spectraplex(B / max(np.trace(B), np.finfo(float).tiny))
+    L = V * np.sqrt(lam)
+    f, G = prob.value_grad_factor(L)
     if not f > 0:
         raise ValueError(
             "every dissimilar pair has zero distance under init; MMC needs "
@@ -430,23 +473,35 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         )
     history = []
 
-    v_top = _start_vector(d)  # warm start of the lambda_max estimates
-    last_certified = [-10]
+    last_floored = -10
+    floor_every = 3
 
     def measure(f_before):
-        # The estimated Frank-Wolfe gap tracks progress; the certified bound
-        # costs one more pass over the pairs, so it is taken only near the end
-        # (and at most every other iteration, or every third while progress
-        # is merely slow: there the Frank-Wolfe gap can sit far above the true
-        # gap on badly conditioned data).
-        fw = _gap(f, G, B, v_top)
+        # The Frank-Wolfe gap is certified and costs one eigenvalue.  Near
+        # the end, or while progress is slow, the floored bound can be much
+        # tighter -- but only when some pairs are nearly collapsed (their
+        # 1 / dist weights inflate the Frank-Wolfe gap on badly conditioned
+        # data); with every distance within a factor 20 of the mean no floor
+        # can gain much.  It costs a sort of the distances and a few dozen
+        # small eigenvalue problems, so it is taken at most every third
+        # iteration, and ever more rarely while it does not help.
+        nonlocal last_floored, floor_every
+        fw = prob.fw_gap(f, G)
+        if fw <= target:
+            return fw
         slow = f_before is not None and f - f_before <= 1e2 * target * f
-        wait = n_iter - last_certified[0]
-        if (fw <= target and wait >= 2) or (
-                (fw <= 1e3 * target or slow) and wait >= 3):
-            last_certified[0] = n_iter
-            return _dual_gap(prob, B, f, G, target)
-        return max(fw, 2.0 * target) if fw <= target else fw
+        if not ((fw <= 1e3 * target or slow or not np.isfinite(fw))
+                and n_iter - last_floored >= floor_every):
+            return fw
+        if np.isfinite(fw):
+            positive = prob.dists[prob.dists > 0]
+            n_moving = max(dissimilar.n_pairs - prob.n_identical, 1)
+            if positive.size and positive.min() > 0.05 * f / n_moving:
+                return fw
+        last_floored = n_iter
+        floored = _dual_gap(prob, f, G)
+        floor_every = 3 if floored < 0.5 * fw else 2 * floor_every
+        return min(fw, floored)
 
     n_iter = 0
     gap = measure(None)
@@ -470,21 +525,23 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         # Projected gradient: fast global progress; it converges in a few
         # dozen steps on well-conditioned data.
         f_before = f
-        B_new, f_new, G_new, alpha = _spg_step(prob, B, f, G, alpha, recent)
+        B_new, L_new, f_new, G_new, alpha = _spg_step(prob, B, f, G, alpha,
+                                                       recent)
         spg_stalled = B_new is None
         if not spg_stalled:
             n_iter += 1
             since_newton += 1
-            B, f, G = B_new, f_new, G_new
+            B, L, f, G = B_new, L_new, f_new, G_new
             recent.append(f)
             gap = measure(f_before)
             report("gradient")
             if gap <= target or stop or n_iter >= max_iter:
                 break
-            gaps.append(gap)
+            if np.isfinite(gap):
+                gaps.append(gap)
         if not spg_stalled and since_newton < _NEWTON_EVERY:
             continue
-        lam, _ = _eigh(B)
+        lam = np.sum(L * L, axis=0)  # B's nonzero eigenvalues
         r = int(np.sum(lam > 1e-9 * lam.max()))
         if d * r > _MAX_NEWTON_VARS:
             if spg_stalled:
@@ -498,12 +555,12 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         since_newton = 0
         gaps = []
         f_before = f
-        B_new, f_new, _ = _factor_newton(prob, B, f, r, 1e-3 * target, 20)
+        B_new, L_new, f_new, _ = _factor_newton(prob, B, f, r, 1e-3 * target, 20)
         if f_new > f:
             newton_failed = False
             n_iter += 1
-            B = B_new
-            f, G = prob.value_grad(B)
+            B, L = B_new, L_new
+            f, G = prob.value_grad_factor(L)
             recent.append(f)
             gap = measure(f_before)
             report("newton")
@@ -515,6 +572,9 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     if not converged and not stop:
         _warn_not_converged("MMC (exact)", n_iter, f"relative gap {gap:.2e}")
     A = scaled(B)
-    return MMCResult(A=A, n_iter=n_iter, converged=converged,
-                     objective=mmc_objective(similar, dissimilar, A, n_threads),
+    # J without another pass: f is sum_D ||x-y|| under P B P^T (J does not
+    # depend on the scale) and sum_S ||x-y||_A^2 = <A, M_S>.
+    s_sim = float(np.sum(prob.to_A(B) * M_S))
+    objective = f / np.sqrt(s_sim) if s_sim > 0 else (np.inf if f > 0 else 0.0)
+    return MMCResult(A=A, n_iter=n_iter, converged=converged, objective=objective,
                      history=history, gap=gap)
