@@ -20,11 +20,25 @@ cdef int _syevr(int n, floating *a, floating *w, floating *z) noexcept nogil:
     ``a`` is destroyed; ``w`` gets ascending eigenvalues and ``z`` (column-major)
     the orthonormal eigenvectors as columns.  Returns LAPACK's ``info``.
     """
-    cdef char jobz = b'V'
-    cdef char rng = b'A'
+    return _syevr_top(n, n, a, w, z)
+
+
+cdef int _syevr_top(int n, int k, floating *a, floating *w,
+                    floating *z) noexcept nogil:
+    """The k largest eigenpairs of the column-major symmetric ``a`` (lower triangle).
+
+    ``a`` is destroyed; ``w`` (k) gets the eigenvalues in ascending order and
+    ``z`` (n x k, column-major) the eigenvectors, or nothing when ``z`` is
+    NULL (eigenvalues only).  Returns LAPACK's ``info``.
+    """
+    cdef char jobz = b'V' if z != NULL else b'N'
+    cdef char rng = b'A' if k == n else b'I'
     cdef char uplo = b'L'
     cdef floating vl = 0, vu = 0, abstol = 0
-    cdef int il = 0, iu = 0, m = 0, info = 0, lwork = -1, liwork = -1
+    cdef int il = n - k + 1, iu = n, m = 0, info = 0, lwork = -1, liwork = -1
+    cdef floating z_dummy = 0
+    if z == NULL:
+        z = &z_dummy
     cdef floating work_query
     cdef int iwork_query
     cdef int *isuppz = <int *> malloc(2 * n * sizeof(int))
@@ -59,7 +73,52 @@ cdef int _syevr(int n, floating *a, floating *w, floating *z) noexcept nogil:
     free(isuppz)
     free(work)
     free(iwork)
+    if info == 0 and m != k:
+        return -1001
     return info
+
+
+def eigh_top(const floating[:, ::1] A, floating[::1] w, floating[:, ::1] V):
+    """The ``k = w.shape[0]`` largest eigenpairs of a symmetric matrix.
+
+    One ``syevr`` call with an index range: the tridiagonal reduction costs
+    the same as a full decomposition, but only k eigenvectors are computed
+    and transformed back (about a third of the time at d = 100 for small k).
+
+    Parameters
+    ----------
+    A : ndarray of shape (d, d)
+        Symmetric input; only its upper triangle (row-major) is read.  Unchanged.
+    w : ndarray of shape (k,), 1 <= k <= d
+        Receives the k largest eigenvalues in ascending order.
+    V : ndarray of shape (d, k) or (d, 0)
+        Receives the eigenvectors as columns; with no columns, only the
+        eigenvalues are computed.
+    """
+    cdef int n = <int> A.shape[0]
+    cdef int k = <int> w.shape[0]
+    cdef bint vectors = V.shape[1] > 0
+    cdef Py_ssize_t r, c
+    cdef int info
+    cdef floating *a = <floating *> malloc((n * n + (n * k if vectors else 0))
+                                           * sizeof(floating))
+    cdef floating *z = NULL
+    if a == NULL:
+        raise MemoryError()
+    if vectors:
+        z = a + n * n
+    with nogil:
+        for r in range(n):
+            for c in range(n):
+                a[r * n + c] = A[r, c]
+        info = _syevr_top(n, k, a, &w[0], z)
+        if vectors and info == 0:
+            for r in range(n):
+                for c in range(k):
+                    V[r, c] = z[c * n + r]
+    free(a)
+    if info != 0:
+        raise ArithmeticError(f"LAPACK syevr failed (info={info})")
 
 
 def eigh(const floating[:, ::1] A, floating[::1] w, floating[:, ::1] V):

@@ -174,6 +174,23 @@ def _eigh(M):
     return w, V
 
 
+def _eigh_top(M, k, vectors=True):
+    """The k largest eigenpairs (ascending) of a symmetric matrix: LAPACK syevr.
+
+    Returns ``(w, V)``; V is None with ``vectors=False``.
+    """
+    M = np.ascontiguousarray(M, dtype=np.float64)
+    w = np.empty(k)
+    V = np.empty((M.shape[0], k if vectors else 0))
+    _linalg.eigh_top(M, w, V)
+    return w, (V if vectors else None)
+
+
+def _lambda_max(M):
+    """Largest eigenvalue of a symmetric matrix (LAPACK syevr, one eigenvalue)."""
+    return float(_eigh_top(M, 1, vectors=False)[0][0])
+
+
 def _project_capped_simplex(lam):
     """Euclidean projection of a vector onto ``{x >= 0, sum(x) <= 1}``."""
     pos = np.maximum(lam, 0.0)
@@ -190,10 +207,29 @@ def _project_capped_simplex(lam):
     return np.maximum(lam - theta, 0.0)
 
 
-def _project_spectraplex(M):
-    """Frobenius projection of a symmetric matrix onto ``{B PSD, trace(B) <= 1}``."""
-    lam, V = _eigh((M + M.T) * 0.5)
-    lam = _project_capped_simplex(lam)
+def _project_spectraplex(M, rank_hint=None):
+    """Frobenius projection of a symmetric matrix onto ``{B PSD, trace(B) <= 1}``.
+
+    Returns ``(B, lam, V)`` with ``B = V diag(lam) V^T`` and ``lam > 0``.  The
+    projection keeps only eigenvalues above a threshold, usually a handful:
+    with ``rank_hint`` (the rank of a recent projection) only the top
+    ``2 rank_hint + 2`` eigenpairs are computed, which suffices -- and is
+    checked -- whenever the smallest of them projects to zero (every other
+    eigenvalue then lies below the threshold too); otherwise, and for small
+    matrices, the full decomposition is taken.
+    """
+    M = (M + M.T) * 0.5
+    d = M.shape[0]
+    k = d if rank_hint is None else 2 * rank_hint + 2
+    if 4 * k <= d:
+        lam, V = _eigh_top(M, k)
+        lam = _project_capped_simplex(lam)
+        if lam[0] > 0:  # the threshold may lie below eigenvalues not computed
+            lam, V = _eigh(M)
+            lam = _project_capped_simplex(lam)
+    else:
+        lam, V = _eigh(M)
+        lam = _project_capped_simplex(lam)
     keep = lam > 0
     Vk = V[:, keep]
     return (Vk * lam[keep]) @ Vk.T, lam[keep], Vk

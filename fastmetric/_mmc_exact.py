@@ -8,12 +8,12 @@ control flow only.
 import warnings
 
 import numpy as np
-import scipy.linalg
 import scipy.linalg.blas
 
 from ._mmc_common import (
     MMCResult,
     _eigh,
+    _lambda_max,
     _project_spectraplex,
     _sym,
     _warn_not_converged,
@@ -101,8 +101,7 @@ class _Whitened:
         """
         if np.count_nonzero(self.dists == 0) > self.n_identical:
             return np.inf
-        return max(float(np.linalg.eigvalsh(G)[-1]) - 0.5 * f, 0.0) / max(
-            f, np.finfo(float).tiny)
+        return max(_lambda_max(G) - 0.5 * f, 0.0) / max(f, np.finfo(float).tiny)
 
 
 def _factor(B):
@@ -115,13 +114,6 @@ def _factor(B):
     lam, V = _eigh(B)
     keep = lam > max(lam[-1], 0.0) * B.shape[0] * np.finfo(float).eps
     return V[:, keep] * np.sqrt(lam[keep])
-
-
-def _lambda_max(M):
-    """Largest eigenvalue of a symmetric matrix (LAPACK syevr, one eigenvalue)."""
-    d = M.shape[0]
-    return float(scipy.linalg.eigh(M, eigvals_only=True, subset_by_index=[d - 1, d - 1],
-                                   driver="evr", check_finite=False)[0])
 
 
 def _start_vector(d):
@@ -361,7 +353,7 @@ def _newton_pays(gaps, gap, target, d, r, n_pairs):
     return remaining > newton / iteration
 
 
-def _spg_step(prob, B, f, G, alpha, recent):
+def _spg_step(prob, B, L, f, G, alpha, recent):
     """One spectral projected gradient step on the spectraplex.
 
     Non-monotone Armijo backtracking; returns ``(B, L, f, G, alpha)`` with
@@ -370,7 +362,7 @@ def _spg_step(prob, B, f, G, alpha, recent):
     projected gradient can see).  The full step, a projection, comes with its
     low-rank factor; shorter steps are factored by an eigendecomposition.
     """
-    trial, lam, V = _project_spectraplex(B + alpha * G)
+    trial, lam, V = _project_spectraplex(B + alpha * G, rank_hint=L.shape[1])
     direction = trial - B
     slope = float(np.sum(G * direction))
     ref = max(recent[-10:])
@@ -481,7 +473,7 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         # the end, or while progress is slow, the floored bound can be much
         # tighter -- but only when some pairs are nearly collapsed (their
         # 1 / dist weights inflate the Frank-Wolfe gap on badly conditioned
-        # data); with every distance within a factor 20 of the mean no floor
+        # data); with every distance above 1% of the mean no floor
         # can gain much.  It costs a sort of the distances and a few dozen
         # small eigenvalue problems, so it is taken at most every third
         # iteration, and ever more rarely while it does not help.
@@ -496,7 +488,7 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         if np.isfinite(fw):
             positive = prob.dists[prob.dists > 0]
             n_moving = max(dissimilar.n_pairs - prob.n_identical, 1)
-            if positive.size and positive.min() > 0.05 * f / n_moving:
+            if positive.size and positive.min() > 0.01 * f / n_moving:
                 return fw
         last_floored = n_iter
         floored = _dual_gap(prob, f, G)
@@ -525,8 +517,8 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         # Projected gradient: fast global progress; it converges in a few
         # dozen steps on well-conditioned data.
         f_before = f
-        B_new, L_new, f_new, G_new, alpha = _spg_step(prob, B, f, G, alpha,
-                                                       recent)
+        B_new, L_new, f_new, G_new, alpha = _spg_step(prob, B, L, f, G,
+                                                       alpha, recent)
         spg_stalled = B_new is None
         if not spg_stalled:
             n_iter += 1

@@ -55,6 +55,31 @@ def test_eigh_matches_numpy(dtype, d):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", SIZES)
+@pytest.mark.parametrize("k", [1, 3, "d"])
+def test_eigh_top_matches_numpy(dtype, d, k):
+    k = d if k == "d" else min(k, d)
+    rng = np.random.default_rng(10 + d)
+    A = _sym(rng, d, dtype)
+    A_before = A.copy()
+    w = np.empty(k, dtype=dtype)
+    V = np.empty((d, k), dtype=dtype)
+    _linalg.eigh_top(A, w, V)
+    assert np.array_equal(A, A_before)
+    tol = _spectral_tol(A, dtype)
+    np.testing.assert_allclose(w, np.linalg.eigvalsh(A.astype(np.float64))[-k:],
+                               rtol=0, atol=tol)
+    V64, w64 = V.astype(np.float64), w.astype(np.float64)
+    np.testing.assert_allclose(V64.T @ V64, np.eye(k), rtol=0, atol=RTOL[dtype] * d)
+    np.testing.assert_allclose(A.astype(np.float64) @ V64, V64 * w64, rtol=0,
+                               atol=tol * 4)
+    # Without eigenvector columns only the eigenvalues are computed.
+    w_only = np.empty(k, dtype=dtype)
+    _linalg.eigh_top(A, w_only, np.empty((d, 0), dtype=dtype))
+    np.testing.assert_allclose(w_only, w, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_eigh_reads_upper_triangle_only(dtype):
     rng = np.random.default_rng(3)
     A = _sym(rng, 6, dtype)

@@ -116,6 +116,33 @@ def test_spectraplex_projection_is_the_nearest_feasible_point(scale):
         assert np.sum((M - P) * (Y - P)) <= 1e-12 * max(scale, 1.0)
 
 
+@pytest.mark.parametrize("d", [5, 40, 100])
+@pytest.mark.parametrize("rank_hint", [None, 1, 3])
+@pytest.mark.parametrize("kind", ["capped", "wide", "negative"])
+def test_compiled_spectraplex_projection_matches_reference(d, rank_hint, kind):
+    # The solver's projection computes only the top eigenpairs when given a
+    # rank hint; with a hint too small for the answer ("wide": trace below 1,
+    # every positive eigenvalue survives) it must notice and take them all.
+    from fastmetric._mmc_common import _project_spectraplex as compiled
+
+    rng = np.random.default_rng(d)
+    Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    if kind == "capped":  # a few leading directions above the threshold
+        u = rng.normal(size=d) / d
+        u[:3] += [3.0, 2.0, 1.5]
+    elif kind == "wide":
+        u = rng.uniform(0.1, 0.9, size=d) / d
+    else:
+        u = -rng.uniform(0.1, 1.0, size=d)
+    M = (Q * u) @ Q.T
+    P_ref = _project_spectraplex(M)
+    P, lam, V = compiled(M, rank_hint=rank_hint)
+    assert lam.size == np.sum(np.linalg.eigvalsh(P_ref) > 1e-12)
+    np.testing.assert_allclose(P, P_ref, rtol=0, atol=1e-12)
+    assert np.all(lam > 0)
+    np.testing.assert_allclose((V * lam) @ V.T, P, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_exact_reaches_tiny_gap_psd_and_scaled(seed):
     X, sim, dis = random_problem(seed)
