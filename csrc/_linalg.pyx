@@ -73,7 +73,7 @@ cdef int _syevr_top(int n, int k, floating *a, floating *w,
     free(isuppz)
     free(work)
     free(iwork)
-    if info == 0 and m != k:
+    if info == 0 and k < n and m != k:
         return -1001
     return info
 
