@@ -303,19 +303,31 @@ def check_pair_scale(data, name="pairs", *, chunk=8192):
     """
     X, i, j = data.X, data.i, data.j
     info = np.finfo(X.dtype)
-    largest = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        for start in range(0, data.n_pairs, chunk):
-            sl = slice(start, start + chunk)
-            # float64 differences: float32 data may not overflow here.
-            diff = X[i[sl]].astype(np.float64) - X[j[sl]]
-            largest = max(largest, float(np.max(np.abs(diff), initial=0.0)))
-    if largest == 0.0:
-        return  # all pairs identical: the solvers report that themselves
     # Headroom of 1e-6 below the largest float leaves room for the scale of A.
     upper = np.sqrt(float(info.max) * 1e-6 / (data.n_pairs * data.n_features))
     # Squares below tiny / eps are subnormal or carry too few digits.
     lower = np.sqrt(float(info.tiny) / float(info.eps))
+
+    def largest_in(start):
+        sl = slice(start, start + chunk)
+        # float64 differences: float32 data may not overflow here.
+        diff = X[i[sl]].astype(np.float64) - X[j[sl]]
+        return float(np.max(np.abs(diff), initial=0.0))
+
+    largest = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        if data.n_pairs > chunk and X.shape[0] <= data.n_pairs:
+            # No difference exceeds the widest column range of X, and the
+            # first chunk's largest is a lower bound: when those two settle
+            # both checks the full scan (most of a small fit) is skipped.
+            widest = float(np.max(np.max(X, axis=0).astype(np.float64)
+                                  - np.min(X, axis=0)))
+            if widest <= upper and largest_in(0) >= lower:
+                return
+        for start in range(0, data.n_pairs, chunk):
+            largest = max(largest, largest_in(start))
+    if largest == 0.0:
+        return  # all pairs identical: the solvers report that themselves
     if not largest <= upper:
         raise ValueError(
             f"{name} has differences up to {largest:.3g}: their squared distances "
