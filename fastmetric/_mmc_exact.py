@@ -133,7 +133,7 @@ def _lambda_max_estimate(M, v, iters=12):
     Power iteration from ``v`` (updated in place); the Rayleigh quotient's
     error is second order in the eigenvector's, and it is exact whenever the
     top eigenvalues coincide (as they do near MMC's optimum).  A lower bound:
-    used to track progress and to choose floors, never to certify.  Below
+    used to choose among floors in :func:`_dual_gap`, never to certify.  Below
     ``_EXACT_EIGVALS_DIM`` a full eigenvalue call is cheaper than the
     iteration (measured), so there the value is exact.
     """
@@ -400,11 +400,15 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     metric-learn's scale).  Whitening by the (shrunk) S-matrix turns both
     constraints into the spectraplex ``{B PSD, trace(B) <= 1}``.  Spectral
     projected gradient (Barzilai-Borwein steps, non-monotone line search)
-    makes fast progress and finds the low-rank face the optimum lies on; an
-    active-set Newton method on that face (dropping directions that reach
-    zero, adding the top eigenvector of the gradient outside it) then converges
-    quadratically even on ill-conditioned data.  Optimality is certified by
-    the duality gap ``lambda_max(grad) - <grad, B>``.
+    makes fast progress and finds the low-rank face the optimum lies on; its
+    iterates are low-rank, so every pass over the pairs goes through the
+    factor ``B = L L^T`` (distances at 2 n d r flops) and each projection
+    computes only the top eigenpairs.  When its linear rate predicts more
+    work than a Newton round (badly conditioned data), a Riemannian Newton
+    method on the factor L converges quadratically.  Optimality is certified
+    every iteration by the Frank-Wolfe duality gap
+    ``lambda_max(grad) - <grad, B>`` (one eigenvalue), or, when some pairs
+    are (nearly) collapsed, by the floored bound of :func:`_dual_gap`.
 
     Parameters
     ----------
