@@ -8,11 +8,13 @@ control flow only.
 import warnings
 
 import numpy as np
+import scipy.linalg
 import scipy.linalg.blas
 
 from ._mmc_common import (
     MMCResult,
     _eigh,
+    _eigh_top,
     _lambda_max,
     _project_spectraplex,
     _sym,
@@ -263,7 +265,47 @@ def _factor_derivatives(prob, L, G):
     return f, 2.0 * G @ L, H
 
 
-def _factor_newton(prob, B, f, r, dec_tol, budget):
+def _tangent_newton_step(H, g, Q, f_L):
+    """Newton step on the tangent space ``{x : Q^T x = 0}`` by Cholesky, or None.
+
+    ``Q`` (m x k, orthonormal columns) spans the normal and gauge directions.
+    The tangent Hessian ``Hr = Pi (H - f_L I) Pi`` (``Pi = I - Q Q^T``) is
+    formed in O(m^2 k) and shifted by ``c Q Q^T`` on the normal directions, so
+    that ``-Hr + c Q Q^T`` is positive definite exactly when ``Hr`` is negative
+    definite on the tangent space (the usual case near a maximum); then the
+    step ``(-Hr)^{-1} Pi g`` costs one Cholesky factorisation, m^3 / 3 flops,
+    instead of an eigendecomposition and two m x m x m products.  Returns
+    ``(step, decrement)`` or None when the factorisation fails (some tangent
+    direction has non-negative curvature) or leaves a step that is not finite.
+    """
+    m = H.shape[0]
+    Hf = H - f_L * np.eye(m)
+    HQ = Hf @ Q
+    QHQ = Q.T @ HQ
+    # Pi Hf Pi = Hf - HQ Q^T - Q HQ^T + Q (Q^T Hf Q) Q^T
+    C = HQ - 0.5 * (Q @ QHQ)
+    Mpos = -Hf + C @ Q.T + Q @ C.T
+    c = max(float(np.max(np.abs(np.diag(Mpos)))), np.finfo(float).tiny)
+    Mpos += c * (Q @ Q.T)
+    g_t = g - Q @ (Q.T @ g)
+    try:
+        chol = scipy.linalg.cho_factor(_sym(Mpos), lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    diag = np.abs(np.diag(chol[0]))
+    # A nearly singular factor means a tangent direction of almost zero
+    # curvature: the eigendecomposition route drops such directions.
+    if not diag.min() > 1e-6 * diag.max():
+        return None
+    x = scipy.linalg.cho_solve(chol, g_t, check_finite=False)
+    x -= Q @ (Q.T @ x)
+    dec = float(g_t @ x)
+    if not np.all(np.isfinite(x)) or not dec >= 0:
+        return None
+    return x, dec
+
+
+def _factor_newton(prob, B, f, r, dec_tol, budget, target=0.0):
     """Riemannian Newton for ``max f(L L^T)`` over ``||L||_F = 1`` with L of rank r.
 
     Writing ``B = L L^T`` lets a Newton step rotate the range of B as well as
@@ -272,19 +314,25 @@ def _factor_newton(prob, B, f, r, dec_tol, budget):
     orthogonal to the rotations ``L -> L Q`` that leave B unchanged; the
     Hessian's negative eigen-directions get Newton steps, the rest none, and a
     backtracking line search on f (retraction by normalisation) keeps ascent.
+    When the tangent Hessian is negative definite the step is one Cholesky
+    solve (:func:`_tangent_newton_step`); otherwise an eigendecomposition.
+    The round stops early once the Frank-Wolfe certificate at the current
+    point is below ``target``.
 
     Returns ``(B, L, f, steps)`` with ``B = L L^T``; B is unchanged (and L
     None) if no step increased f.
     """
     d = B.shape[0]
-    lam, V = _eigh(B)
-    lam_top = np.maximum(lam[-r:], 0.0)
-    L = V[:, -r:] * np.sqrt(lam_top)
+    lam, V = _eigh_top(B, r)
+    lam_top = np.maximum(lam, 0.0)
+    L = V * np.sqrt(lam_top)
     L /= np.linalg.norm(L)
     steps = 0
     best_B, best_L, best_f = B, None, f
     while steps < budget:
-        G_L = prob.value_grad_factor(L)[1]
+        f_L, G_L = prob.value_grad_factor(L)
+        if steps > 0 and prob.fw_gap(f_L, G_L) <= target:
+            break
         f_L, grad, H = _factor_derivatives(prob, L, G_L)
         g = grad.reshape(-1, order="F")
         # Normal direction and gauge directions L @ (e_a e_b^T - e_b e_a^T).
@@ -294,22 +342,28 @@ def _factor_newton(prob, B, f, r, dec_tol, budget):
                 Om = np.zeros((r, r))
                 Om[a, b], Om[b, a] = 1.0, -1.0
                 normals.append((L @ Om).reshape(-1, order="F"))
-        Nq, _ = np.linalg.qr(np.column_stack(normals), mode="complete")
         k = len(normals)
-        T = Nq[:, k:]
-        if T.shape[1] == 0:
+        if k >= d * r:
             break  # r = d = 1: B is fixed by its trace
-        Hr = T.T @ (H - f_L * np.eye(d * r)) @ T
-        g_t = T.T @ g
-        w, U = np.linalg.eigh(_sym(Hr))
-        coef = U.T @ g_t
-        neg = w < -1e-12 * max(np.abs(w).max(), 1e-300)
-        step_t = np.zeros_like(coef)
-        step_t[neg] = -coef[neg] / w[neg]
-        dec = float(coef[neg] @ step_t[neg])
+        Nm = np.column_stack(normals)
+        fast = _tangent_newton_step(H, g, np.linalg.qr(Nm)[0], f_L)
+        if fast is not None:
+            x, dec = fast
+        else:
+            Nq, _ = np.linalg.qr(Nm, mode="complete")
+            T = Nq[:, k:]
+            Hr = T.T @ (H - f_L * np.eye(d * r)) @ T
+            g_t = T.T @ g
+            w, U = np.linalg.eigh(_sym(Hr))
+            coef = U.T @ g_t
+            neg = w < -1e-12 * max(np.abs(w).max(), 1e-300)
+            step_t = np.zeros_like(coef)
+            step_t[neg] = -coef[neg] / w[neg]
+            dec = float(coef[neg] @ step_t[neg])
+            x = T @ (U @ step_t)
         if not np.isfinite(dec) or dec <= dec_tol * f_L:
             break
-        E = (T @ (U @ step_t)).reshape(d, r, order="F")
+        E = x.reshape(d, r, order="F")
         steps += 1
         t = 1.0
         while t > 1e-12:
@@ -551,7 +605,8 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         since_newton = 0
         gaps = []
         f_before = f
-        B_new, L_new, f_new, _ = _factor_newton(prob, B, f, r, 1e-3 * target, 20)
+        B_new, L_new, f_new, _ = _factor_newton(prob, B, f, r, 1e-3 * target, 20,
+                                                 target)
         if f_new > f:
             newton_failed = False
             n_iter += 1
