@@ -98,11 +98,13 @@ class _BaseMMC(MahalanobisMixin):
             else:
                 result = solve_ga_ip(similar, dissimilar, A0,
                                      max_proj=self.max_proj, **common)
+            # (inside the limit: a multi-threaded BLAS call here would leave
+            # its worker threads spinning beside the next fit's kernels)
+            self.components_ = components_from_metric(result.A)
         self.A_ = result.A
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         self.objective_ = result.objective
-        self.components_ = components_from_metric(self.A_)
         return self
 
     def _fit(self, pairs, y):
@@ -248,8 +250,13 @@ class MMC(_PairsClassifierMixin, _BaseMMC):
         self._check_preprocessor()
         data = check_pairs(pairs, self.preprocessor_)
         labels = check_pair_labels(y, data.n_pairs)
-        self._fit_pairs(data, labels)
-        self.calibrate_threshold(pairs, y, **calibration_params)
+        # One BLAS limit around the solve and the calibration: BLAS calls
+        # outside it wake OpenBLAS's worker threads, which then spin for a
+        # while beside the pair kernels' OpenMP threads and (measured on two
+        # cores) can halve the speed of the next fit's solver.
+        with kernel_threads():
+            self._fit_pairs(data, labels)
+            self.calibrate_threshold(pairs, y, **calibration_params)
         return self
 
 
