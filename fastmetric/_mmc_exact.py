@@ -5,6 +5,7 @@ See :func:`solve_exact`.  Per-pair work runs in the compiled kernels through
 control flow only.
 """
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -229,6 +230,7 @@ _MAX_NEWTON_VARS = 600
 # Projected-gradient steps between Newton attempts.
 _NEWTON_EVERY = 10
 _BLOCK = 4096
+_BLAS_THREADS_FLOPS = 1e9
 
 
 def _factor_derivatives(prob, L, G):
@@ -246,7 +248,11 @@ def _factor_derivatives(prob, L, G):
     f = 0.0
     H2 = np.zeros((d * r, d * r), order="F")
     X, i, j = dis.X, dis.i, dis.j
-    with blas_threads(prob.n_threads):
+    # Multi-threaded BLAS only for a large syrk: after the call OpenBLAS's
+    # workers spin for a while beside the pair kernels' threads, which costs
+    # more than a smaller syrk gains (measured on two cores).
+    big = dis.n_pairs * float(d * r) ** 2 >= _BLAS_THREADS_FLOPS
+    with blas_threads(prob.n_threads) if big else contextlib.nullcontext():
         for start in range(0, dis.n_pairs, _BLOCK):
             sl = slice(start, start + _BLOCK)
             Z = (X[i[sl]] - X[j[sl]]).astype(np.float64, copy=False) @ prob.P
