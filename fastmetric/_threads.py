@@ -131,20 +131,40 @@ def kernel_threads(num_threads=1):
         finally:
             _DEPTH.value = depth
         return
-    _DEPTH.value = 1
     # set the BLAS libraries' thread counts directly: the same calls
     # threadpoolctl's ``limit`` makes, without its ~40 us of bookkeeping per
     # entry (loss calls on small batches take 0.1-0.3 ms in all)
-    libs = _blas_libraries()
-    saved = [lib.num_threads for lib in libs]
+    libs = []
+    saved = []
     try:
+        _DEPTH.value = 1
+        libs = _blas_libraries()
+        saved = [lib.num_threads for lib in libs]
         for lib in libs:
             lib.set_num_threads(1)
         yield
     finally:
-        for lib, n in zip(libs, saved, strict=True):
-            lib.set_num_threads(n)
         _DEPTH.value = 0
+        try:
+            for lib, n in zip(libs, saved, strict=False):
+                lib.set_num_threads(n)
+        finally:
+            _release_blas_control(libs)
+
+
+def _release_blas_control(libs):
+    """Let other Python threads set OpenBLAS's (process-wide) thread count again.
+
+    threadpoolctl >= 3.6 lets only one thread at a time change it: the first
+    to call ``set_num_threads``, until it gives control back (``limit()`` does
+    so on exit).  Without this, the first thread to run a kernel would keep
+    control for good and ``kernel_threads`` would do nothing in any other
+    thread (BLAS oversubscribed inside the kernels' threads).
+    """
+    for cls in {type(lib) for lib in libs}:
+        clear = getattr(cls, "clear_controlling_thread", None)
+        if clear is not None:
+            clear()  # only releases if this thread holds control
 
 
 @contextmanager
