@@ -298,7 +298,8 @@ def distance_matrix(X, n_threads, product_dtype=np.float64, reuse=False,
     return D, sq
 
 
-def distance_backward(C, D, X, sq, n_threads, product_dtype=np.float64, reuse=False):
+def distance_backward(C, D, X, sq, n_threads, product_dtype=np.float64, reuse=False,
+                      Xp=None):
     """Gradient with respect to ``X`` from ``C = dL/dD`` (ordered pairs).
 
     ``C`` is overwritten.  Zero-distance pairs contribute nothing.  With
@@ -306,8 +307,9 @@ def distance_backward(C, D, X, sq, n_threads, product_dtype=np.float64, reuse=Fa
     weights and row sums stay float64, near pairs are summed from their
     differences in float64); use the value given to :func:`distance_matrix`.
     With ``reuse`` the float32 weights and the returned gradient are
-    :func:`work_array` buffers (valid until the next such call).  Like
-    :func:`distance_matrix`, call it with BLAS held at one thread.
+    :func:`work_array` buffers (valid until the next such call).  ``Xp`` is
+    ``X`` in the product's precision if at hand (see :func:`prepare_rows`).
+    Like :func:`distance_matrix`, call it with BLAS held at one thread.
     """
     near = near_ratio(product_dtype)
     alloc = work_array if reuse else _fresh_array
@@ -320,12 +322,12 @@ def distance_backward(C, D, X, sq, n_threads, product_dtype=np.float64, reuse=Fa
         if product_dtype == np.float32:
             W = alloc("gram32", C.shape, np.float32)
             _dk.row_sums_to_f32(C, rs, W)
-            Xp = alloc("rows32", X.shape, np.float32)
-            Xp[...] = X
+            if Xp is None:
+                Xp = X.astype(np.float32)
         else:
             W = C
             _dk.row_sums(C, rs)
-            Xp = X
+            Xp = X if Xp is None else Xp
         scratch = block_scratch("product_blocks", n_threads, X.shape[0], X.shape[1],
                                 product_dtype, reuse)
         _dk.weights_times_x(W, rs, X, Xp, scratch, grad)

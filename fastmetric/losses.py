@@ -182,7 +182,8 @@ class _Batch:
         """``dL/dE`` from ``C = dL/dD`` (times ``scale``), in the input dtype."""
         with kernel_threads():
             grad = lc.distance_backward(C, self.D, self.X, self.sq, self.pass_threads,
-                                        self.product_dtype, reuse=True)
+                                        self.product_dtype, reuse=True,
+                                        Xp=self.operands[1])
         return self.finish(grad, scale)
 
     def finish(self, grad, scale=1.0, grad2=None, scale2=0.0):

@@ -606,3 +606,13 @@ def test_read_only_embeddings_are_accepted_and_untouched(name, normalize, dtype)
     np.testing.assert_array_equal(E, before)
     assert loss == expected[0]
     np.testing.assert_array_equal(grad, expected[1])
+
+
+def test_float32_rows_near_float32_limit_give_finite_distances():
+    """Finite float32 rows whose squared distances exceed float32's range."""
+    E = np.array([[1.2e19, 0.0], [-1.2e19, 0.0], [0.0, 1.2e19]], dtype=np.float32)
+    D, _ = lc.distance_matrix(E.astype(np.float64), 1, np.float32)
+    np.testing.assert_allclose(D[0, 1], 2.4e19, rtol=1e-6)
+    loss, grad = losses.contrastive_loss(E, [0, 0, 1], normalize=False,
+                                         neg_margin=1e20)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))

@@ -118,7 +118,10 @@ def row_from_gram(X, sq, Gi, i, near, single, out):
         # is about three times faster than float64's
         for j in range(B):
             v = out[j]
-            out[j] = np.sqrt(np.float32(v if v > 0.0 else 0.0))
+            v = v if v > 0.0 else 0.0
+            # (float32 overflows above 3.4e38, which a finite float32 product
+            # can reach: such entries keep a float64 root)
+            out[j] = np.sqrt(np.float32(v)) if v < 1e38 else np.sqrt(v)
     else:
         for j in range(B):
             v = out[j]

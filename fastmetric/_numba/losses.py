@@ -187,10 +187,14 @@ def contrastive_all_pairs(X, Xp, sq, near, labels, members, class_ptr,
     into distances (``fastmetric._numba.distances.row_from_gram``) and scores
     them.  The pair ``(i, j)`` and its mirror ``(j, i)`` have the same
     distance, so row ``i``'s gradient takes ``2 (x_i - x_j) / d_ij`` per
-    active pair: summed pair by pair for the positives (found among the
-    row's class members) and for rows with few active negatives, and through
-    one matrix product per block (the scratch block reused for the weights)
-    for rows with many.  Zero-distance pairs contribute nothing (the
+    active pair (the two orders' computed distances can differ in the last
+    bit; a pair exactly at a margin then counts as active in both orders, a
+    valid subgradient of the loss, which is symmetric): summed pair by pair
+    for the positives (found among the row's class members) and, in blocks
+    where no row has many active negatives, for the negatives; a block with
+    such a row takes its negatives through one matrix product (the scratch
+    block reused for the weights), so the last bits of a gradient can depend
+    on the blocking.  Zero-distance pairs contribute nothing (the
     subgradient of ``torch.cdist``).
 
     Parameters
