@@ -70,6 +70,7 @@ class _Whitened:
         # Pairs of identical points sit at distance 0 under every metric and
         # take no part in the Frank-Wolfe certificate; any other pair at
         # distance 0 invalidates it (see fw_gap).
+        self._Z = None
         self.n_identical = int(np.count_nonzero(
             diag_sq_distances(dissimilar, np.ones(M.shape[0]), n_threads) == 0))
 
@@ -78,6 +79,30 @@ class _Whitened:
 
     def to_B(self, A):
         return _sym(self.P_inv @ A @ self.P_inv.T)
+
+    def diff_blocks(self):
+        """The whitened dissimilar differences ``z_p``, float64, in blocks.
+
+        Kept after the first full pass when they fit in ``_CACHE_ELEMENTS`` (a
+        Newton round takes several passes); otherwise gathered afresh a block
+        at a time (O(block x d) memory).
+        """
+        if self._Z is not None:
+            for start in range(0, self._Z.shape[0], _BLOCK):
+                yield self._Z[start:start + _BLOCK]
+            return
+        dis = self.dissimilar
+        X, i, j = dis.X, dis.i, dis.j
+        keep = dis.n_pairs * X.shape[1] <= _CACHE_ELEMENTS
+        blocks = []
+        for start in range(0, dis.n_pairs, _BLOCK):
+            sl = slice(start, start + _BLOCK)
+            Z = (X[i[sl]] - X[j[sl]]).astype(np.float64, copy=False) @ self.P
+            if keep:
+                blocks.append(Z)
+            yield Z
+        if keep:
+            self._Z = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
     def value_grad_factor(self, L):
         """``f(L L^T)`` and its gradient; the distances go to ``self.dists``."""
@@ -230,41 +255,45 @@ _MAX_NEWTON_VARS = 600
 # Projected-gradient steps between Newton attempts.
 _NEWTON_EVERY = 10
 _BLOCK = 4096
+# Whitened differences kept for Newton up to this many float64 values (32 MB).
+_CACHE_ELEMENTS = 4_000_000
 _BLAS_THREADS_FLOPS = 1e9
 
 
 def _factor_derivatives(prob, L, G):
     """Value, gradient and Hessian of ``f(L) = sum_p ||L^T z_p||`` (blockwise).
 
-    ``z_p`` are the whitened dissimilar differences, gathered a block at a
-    time (O(block x d r) memory).  With ``G = sum_p z z^T / (2 s_p)`` the
+    ``z_p`` are the whitened dissimilar differences, a block at a time
+    (:meth:`_Whitened.diff_blocks`).  With ``G = sum_p z z^T / (2 s_p)`` the
     gradient of f at ``B = L L^T`` (from the pair kernel), the gradient is
     ``2 G L`` and, in column-major ``vec`` coordinates, the Hessian is
     ``I_r (x) 2 G - sum_p psi psi^T / s^3`` with ``psi_p = vec(z_p y_p^T)``,
     ``y_p = L^T z_p``, ``s_p = ||y_p||``; only that last sum needs the pass.
     """
-    dis = prob.dissimilar
     d, r = L.shape
+    m = d * r
     f = 0.0
-    H2 = np.zeros((d * r, d * r), order="F")
-    X, i, j = dis.X, dis.i, dis.j
+    H2 = np.zeros((m, m), order="F")
     # Multi-threaded BLAS only for a large syrk: after the call OpenBLAS's
     # workers spin for a while beside the pair kernels' threads, which costs
     # more than a smaller syrk gains (measured on two cores).
-    big = dis.n_pairs * float(d * r) ** 2 >= _BLAS_THREADS_FLOPS
+    big = prob.dissimilar.n_pairs * float(m) ** 2 >= _BLAS_THREADS_FLOPS
     with blas_threads(prob.n_threads) if big else contextlib.nullcontext():
-        for start in range(0, dis.n_pairs, _BLOCK):
-            sl = slice(start, start + _BLOCK)
-            Z = (X[i[sl]] - X[j[sl]]).astype(np.float64, copy=False) @ prob.P
+        for Z in prob.diff_blocks():
             Y = Z @ L
             s = np.sqrt(np.einsum("pk,pk->p", Y, Y))
             f += float(s.sum())
             ok = s > 0
-            Z, Y, s = Z[ok], Y[ok], s[ok]
-            # psi_p = vec(z y^T) in column-major order: block c holds z * y[c].
-            Psi = (Y[:, :, None] * Z[:, None, :]).reshape(Z.shape[0], r * d)
-            Psi *= (s ** -1.5)[:, None]
-            H2 = scipy.linalg.blas.dsyrk(1.0, Psi, beta=1.0, c=H2, trans=1,
+            if not ok.all():
+                Z, Y, s = Z[ok], Y[ok], s[ok]
+            # psi_p / s_p^1.5 = vec(z (y / s^1.5)^T) in column-major order:
+            # block c holds z * y[c] / s^1.5.  Psi is C-ordered, so Psi.T is
+            # the Fortran-ordered operand syrk takes without a copy.
+            Y = Y * (s ** -1.5)[:, None]
+            Psi = np.empty((Z.shape[0], m))
+            for c in range(r):
+                np.multiply(Z, Y[:, c, None], out=Psi[:, c * d:(c + 1) * d])
+            H2 = scipy.linalg.blas.dsyrk(1.0, Psi.T, beta=1.0, c=H2, trans=0,
                                          lower=0, overwrite_c=1)
     H2 = np.triu(H2) + np.triu(H2, 1).T
     H = np.kron(np.eye(r), 2.0 * G) - H2
