@@ -215,8 +215,9 @@ def _project_spectraplex(M, rank_hint=None):
     with ``rank_hint`` (the rank of a recent projection) only the top
     ``2 rank_hint + 2`` eigenpairs are computed, which suffices -- and is
     checked -- whenever the smallest of them projects to zero (every other
-    eigenvalue then lies below the threshold too); otherwise, and for small
-    matrices, the full decomposition is taken.
+    eigenvalue then lies below the threshold too); otherwise twice as many
+    (while that is at most a quarter of the dimension) and then, as for small
+    matrices, the full decomposition.
     """
     M = (M + M.T) * 0.5
     d = M.shape[0]
@@ -224,7 +225,12 @@ def _project_spectraplex(M, rank_hint=None):
     if 4 * k <= d:
         lam, V = _eigh_top(M, k)
         lam = _project_capped_simplex(lam)
-        if lam[0] > 0:  # the threshold may lie below eigenvalues not computed
+        if lam[0] > 0 and 8 * k <= d:
+            # the threshold may lie below eigenvalues not computed: twice as
+            # many top eigenpairs still cost less than all of them
+            lam, V = _eigh_top(M, 2 * k)
+            lam = _project_capped_simplex(lam)
+        if lam[0] > 0:
             lam, V = _eigh(M)
             lam = _project_capped_simplex(lam)
     else:

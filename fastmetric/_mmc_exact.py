@@ -45,6 +45,7 @@ class _Whitened:
 
     def __init__(self, dissimilar, M, n_threads):
         mu, V = _eigh(M)
+        self.eig_M = (mu, V)
         top = max(mu.max(), 0.0)
         floor = top * 1e-12
         if top <= 0:
@@ -62,6 +63,7 @@ class _Whitened:
                 stacklevel=4,
             )
             mu = np.maximum(mu, floor * 1e3)
+        self.mu = mu
         self.P = V / np.sqrt(mu)  # A = P B P^T
         self.P_inv = (V * np.sqrt(mu)).T  # B = P_inv A P_inv^T
         self.dissimilar = dissimilar
@@ -115,10 +117,6 @@ class _Whitened:
         return factor_dist_sum_and_grad(self.dissimilar, self.P @ L, None,
                                         self.n_threads, grad=False)[0]
 
-    def value_grad(self, B):
-        """``(f, G, L)`` at a PSD B, through its eigendecomposition."""
-        return (*self.value_grad_factor(L := _factor(B)), L)
-
     def fw_gap(self, f, G):
         """Relative Frank-Wolfe gap ``(lambda_max(G) - f / 2) / f`` at the last point.
 
@@ -132,16 +130,21 @@ class _Whitened:
         return max(_lambda_max(G) - 0.5 * f, 0.0) / max(f, np.finfo(float).tiny)
 
 
-def _factor(B):
-    """A factor L (d x r) with ``L L^T = B`` for a PSD B, of B's numerical rank.
+def _factor_mix(L0, L1, t):
+    """A factor L (d x r) of ``(1 - t) L0 L0^T + t L1 L1^T``, of its numerical rank.
 
-    Eigenvalues below ``d eps lambda_max`` are dropped: eigh's own rounding
-    of B is that large, so they carry no information (and keeping them would
-    make every factor full-width).
+    The mixture's range lies in that of ``[L0, L1]`` (d x (r0 + r1)), so a QR
+    of the stacked factors and an eigendecomposition of the small ``R R^T``
+    give its eigenpairs in O(d r^2) instead of a d x d eigendecomposition;
+    ``L = V sqrt(lam)`` with orthonormal V.  Eigenvalues below
+    ``d eps lambda_max`` are dropped, as a d x d eigh of the mixture could not
+    resolve them (and keeping them would widen every factor).
     """
-    lam, V = _eigh(B)
-    keep = lam > max(lam[-1], 0.0) * B.shape[0] * np.finfo(float).eps
-    return V[:, keep] * np.sqrt(lam[keep])
+    K = np.hstack([np.sqrt(1.0 - t) * L0, np.sqrt(t) * L1])
+    Q, R = np.linalg.qr(K)
+    lam, U = np.linalg.eigh(_sym(R @ R.T))
+    keep = lam > max(lam[-1], 0.0) * L0.shape[0] * np.finfo(float).eps
+    return (Q @ U[:, keep]) * np.sqrt(lam[keep])
 
 
 def _start_vector(d):
@@ -452,6 +455,7 @@ def _spg_step(prob, B, L, f, G, alpha, recent):
     low-rank factor; shorter steps are factored by an eigendecomposition.
     """
     trial, lam, V = _project_spectraplex(B + alpha * G, rank_hint=L.shape[1])
+    L_trial = V * np.sqrt(lam)
     direction = trial - B
     slope = float(np.sum(G * direction))
     ref = max(recent[-10:])
@@ -461,11 +465,11 @@ def _spg_step(prob, B, L, f, G, alpha, recent):
     step = 1.0
     while True:
         if step == 1.0:
-            B_new, L_new = trial, V * np.sqrt(lam)
-            f_new, G_new = prob.value_grad_factor(L_new)
+            B_new, L_new = trial, L_trial
         else:
             B_new = B + step * direction
-            f_new, G_new, L_new = prob.value_grad(B_new)
+            L_new = _factor_mix(L, L_trial, step)
+        f_new, G_new = prob.value_grad_factor(L_new)
         if f_new >= ref + 1e-4 * step * slope - slack:
             break
         step *= 0.5
@@ -540,15 +544,21 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     # metric-learn's scale puts sum_S ||x-y||_A^2 at t.  When the optimum lies
     # where the similar pairs do not vary that sum is 0, so the scale is taken
     # with the S-matrix's eigenvalues floored as in the whitening.
-    mu_s, V_s = _eigh(M_S)
+    mu_s, V_s = prob.eig_M if shrinkage == 0 else _eigh(M_S)
     M_scale = (V_s * np.maximum(mu_s, mu_s.max() * 1e-9)) @ V_s.T
 
     def scaled(B):
         A = prob.to_A(B)
         return A * (t_bound / max(float(np.sum(A * M_scale)), np.finfo(float).tiny))
 
-    B = prob.to_B(A0)
-    B, lam, V = _project_spectraplex(B / max(np.trace(B), np.finfo(float).tiny))
+    if np.array_equal(A0, np.eye(d)):
+        # The default init: B = P_inv P_inv^T = diag(mu), already on the
+        # spectraplex once scaled to unit trace (no eigendecomposition).
+        lam = prob.mu / prob.mu.sum()
+        B, V = np.diag(lam), np.eye(d)
+    else:
+        B = prob.to_B(A0)
+        B, lam, V = _project_spectraplex(B / max(np.trace(B), np.finfo(float).tiny))
     L = V * np.sqrt(lam)
     f, G = prob.value_grad_factor(L)
     if not f > 0:
