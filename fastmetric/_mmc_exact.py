@@ -9,8 +9,8 @@ import contextlib
 import warnings
 
 import numpy as np
-import scipy.linalg
-import scipy.linalg.blas
+from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg.blas import dsyrk
 
 from ._mmc_common import (
     MMCResult,
@@ -323,7 +323,7 @@ def _factor_derivatives(prob, L, G):
             Psi = np.empty((Z.shape[0], m))
             for c in range(r):
                 np.multiply(Z, Y[:, c, None], out=Psi[:, c * d:(c + 1) * d])
-            H2 = scipy.linalg.blas.dsyrk(1.0, Psi.T, beta=1.0, c=H2, trans=0,
+            H2 = dsyrk(1.0, Psi.T, beta=1.0, c=H2, trans=0,
                                          lower=0, overwrite_c=1)
     H2 = np.triu(H2) + np.triu(H2, 1).T
     H = np.kron(np.eye(r), 2.0 * G) - H2
@@ -354,7 +354,7 @@ def _tangent_newton_step(H, g, Q, f_L):
     Mpos += c * (Q @ Q.T)
     g_t = g - Q @ (Q.T @ g)
     try:
-        chol = scipy.linalg.cho_factor(_sym(Mpos), lower=True, check_finite=False)
+        chol = cho_factor(_sym(Mpos), lower=True, check_finite=False)
     except np.linalg.LinAlgError:
         return None
     diag = np.abs(np.diag(chol[0]))
@@ -362,7 +362,7 @@ def _tangent_newton_step(H, g, Q, f_L):
     # curvature: the eigendecomposition route drops such directions.
     if not diag.min() > 1e-6 * diag.max():
         return None
-    x = scipy.linalg.cho_solve(chol, g_t, check_finite=False)
+    x = cho_solve(chol, g_t, check_finite=False)
     x -= Q @ (Q.T @ x)
     dec = float(g_t @ x)
     if not np.all(np.isfinite(x)) or not dec >= 0:
