@@ -157,8 +157,8 @@ class _Whitened:
         return self.fw_gap(f, G), True
 
 
-def _factor_mix(L0, L1, t):
-    """A factor L (d x r) of ``(1 - t) L0 L0^T + t L1 L1^T``, of its numerical rank.
+def _factor_mix(L0, L1, t, B):
+    """A factor L (d x r) of ``B = (1 - t) L0 L0^T + t L1 L1^T``, of its numerical rank.
 
     The mixture's range lies in that of ``[L0, L1]`` (d x (r0 + r1)), so a QR
     of the stacked factors and an eigendecomposition of the small ``R R^T``
@@ -167,11 +167,17 @@ def _factor_mix(L0, L1, t):
     ``d eps lambda_max`` are dropped, as a d x d eigh of the mixture could not
     resolve them (and keeping them would widen every factor).
     """
-    K = np.hstack([np.sqrt(1.0 - t) * L0, np.sqrt(t) * L1])
-    Q, R = np.linalg.qr(K)
-    lam, U = np.linalg.eigh(_sym(R @ R.T))
-    keep = lam > max(lam[-1], 0.0) * L0.shape[0] * np.finfo(float).eps
-    return (Q @ U[:, keep]) * np.sqrt(lam[keep])
+    d = L0.shape[0]
+    if 4 * (L0.shape[1] + L1.shape[1]) > d:
+        # few features: one d x d eigh of the mixture B costs less
+        lam, V = _eigh(B)
+    else:
+        K = np.hstack([np.sqrt(1.0 - t) * L0, np.sqrt(t) * L1])
+        Q, R = np.linalg.qr(K)
+        lam, U = np.linalg.eigh(_sym(R @ R.T))
+        V = Q @ U
+    keep = lam > max(lam[-1], 0.0) * d * np.finfo(float).eps
+    return V[:, keep] * np.sqrt(lam[keep])
 
 
 def _start_vector(d):
@@ -495,7 +501,7 @@ def _spg_step(prob, B, L, f, G, alpha, recent):
             B_new, L_new = trial, L_trial
         else:
             B_new = B + step * direction
-            L_new = _factor_mix(L, L_trial, step)
+            L_new = _factor_mix(L, L_trial, step, B_new)
         f_new, G_new = prob.value_grad_factor(L_new)
         if f_new >= ref + 1e-4 * step * slope - slack:
             break
