@@ -532,9 +532,11 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     computes only the top eigenpairs.  When its linear rate predicts more
     work than a Newton round (badly conditioned data), a Riemannian Newton
     method on the factor L converges quadratically.  Optimality is certified
-    every iteration by the Frank-Wolfe duality gap
-    ``lambda_max(grad) - <grad, B>`` (one eigenvalue), or, when some pairs
-    are (nearly) collapsed, by the floored bound of :func:`_dual_gap`.
+    by the Frank-Wolfe duality gap ``lambda_max(grad) - <grad, B>`` (one
+    eigenvalue), or, when some pairs are (nearly) collapsed, by the floored
+    bound of :func:`_dual_gap`; above 48 features the gap is only bounded
+    from below (a Ritz value, O(d^2 r)) while that bound shows the solver
+    cannot stop yet, and taken exactly otherwise.
 
     Parameters
     ----------
