@@ -39,50 +39,14 @@ def _direct_sq(X, i, j):
     return s
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def distances_from_gram(X, sq, G, D, near):
-    """Turn the Gram matrix ``G = X X^T`` into Euclidean distances.
-
-    Parameters
-    ----------
-    X : ndarray of shape (B, m)
-    sq : ndarray of shape (B,)
-        Squared row norms (float64).
-    G : ndarray of shape (B, B)
-        The Gram matrix, float64 or float32; may be ``D`` itself.
-    D : ndarray of shape (B, B)
-        Out: the distance matrix (zero diagonal).
-    near : float
-        Pairs with ``d^2 < near (|x|^2 + |y|^2)`` are recomputed from their
-        difference (``NEAR`` for a float64 Gram matrix, ``NEAR32`` for float32).
-
-    Returns
-    -------
-    int
-        Number of ordered pairs recomputed from their difference.
-    """
-    B = X.shape[0]
-    n_near = np.zeros(B, dtype=np.int64)
-    for i in prange(B):
-        for j in range(B):
-            if i == j:
-                D[i, j] = 0.0
-                continue
-            d2 = sq[i] + sq[j] - 2.0 * np.float64(G[i, j])
-            if _is_near(d2, sq[i], sq[j], near):
-                d2 = _direct_sq(X, i, j)
-                n_near[i] += 1
-            D[i, j] = np.sqrt(d2) if d2 > 0.0 else 0.0
-    return n_near.sum()
-
-
 @njit(nogil=True, cache=True)
 def row_from_gram(X, sq, Gi, i, near, single, out):
     """Row ``i`` of the distance matrix from row ``i`` of the Gram matrix.
 
-    The same arithmetic as :func:`distances_from_gram`, written as branch-free
-    loops (the compiler vectorises them) with a scalar pass only for rows
-    that hold a near pair besides the diagonal.
+    ``d_ij^2 = |x_i|^2 + |x_j|^2 - 2 G_ij``, with near pairs (see the module
+    docstring) recomputed from their difference; branch-free loops (the
+    compiler vectorises them) and a scalar pass only for rows that hold a
+    near pair besides the diagonal.
 
     Parameters
     ----------
@@ -140,6 +104,7 @@ def row_from_gram(X, sq, Gi, i, near, single, out):
 
 @njit(nogil=True, cache=True)
 def n_blocks(B, rows_per_block):
+    """Number of row blocks of ``rows_per_block`` rows covering ``B`` rows."""
     return (B + rows_per_block - 1) // rows_per_block
 
 
@@ -329,30 +294,13 @@ def symmetric_weights(C, D, sq, near):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def normalize_rows(E, eps, X, norms):
-    """``X[i] = E[i] / max(||E[i]||, eps)``; ``norms[i]`` gets the divisor.
-
-    One pass for ``fastmetric._loss_common.l2_normalize`` (same arithmetic).
-    """
-    B, m = E.shape
-    for i in prange(B):
-        s = 0.0
-        for k in range(m):
-            s += E[i, k] * E[i, k]
-        n = max(np.sqrt(s), eps)
-        norms[i] = n
-        for k in range(m):
-            X[i, k] = E[i, k] / n
-
-
-@njit(parallel=True, nogil=True, cache=True)
 def prepare_rows(E, normalize, eps, X, norms, sq, Xp):
     """Everything the distance kernels take from a batch, in one pass.
 
     ``E`` may be float32 (read as float64).  ``X`` = ``E`` with each row
-    divided by ``max(||row||, eps)`` if ``normalize`` (as
-    :func:`normalize_rows`; else a copy), ``norms`` the divisors (1 without
-    normalisation), ``sq`` the squared norms of ``X``'s
+    divided by ``max(||row||, eps)`` if ``normalize`` (the arithmetic of
+    ``fastmetric._loss_common.l2_normalize``; else a copy), ``norms`` the
+    divisors (1 without normalisation), ``sq`` the squared norms of ``X``'s
     rows and ``Xp`` = ``X`` in the product's precision.  ``Xp`` may be
     ``X``; ``X`` must not be ``E`` (the caller's array).
     """

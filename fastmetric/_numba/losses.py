@@ -20,7 +20,7 @@ losses share one max-shifted log-sum-exp per row.
 import numpy as np
 from numba import njit, prange
 
-from .distances import row_from_gram
+from .distances import n_blocks, row_from_gram
 
 # ---------------------------------------------------------------------------
 # Small helpers
@@ -229,7 +229,7 @@ def contrastive_all_pairs(X, Xp, sq, near, labels, members, class_ptr,
     """
     B, m = X.shape
     n_tasks, rb, _ = scratch.shape
-    nb = (B + rb - 1) // rb
+    nb = n_blocks(B, rb)
     single = Xp.itemsize == 4
     dense_min = int(_DENSE_SHARE * B)
     for t in prange(n_tasks):
