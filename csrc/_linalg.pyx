@@ -252,6 +252,8 @@ def eigh_top(const floating[:, ::1] A, floating[::1] w, floating[:, ::1] V):
 def eigh(const floating[:, ::1] A, floating[::1] w, floating[:, ::1] V):
     """Eigendecomposition of a symmetric matrix, ``A = V @ diag(w) @ V.T``.
 
+    :func:`eigh_top` for all ``d`` pairs (one ``syevr`` call).
+
     Parameters
     ----------
     A : ndarray of shape (d, d)
@@ -261,26 +263,7 @@ def eigh(const floating[:, ::1] A, floating[::1] w, floating[:, ::1] V):
     V : ndarray of shape (d, d)
         Receives the eigenvectors as columns.
     """
-    cdef int n = <int> A.shape[0]
-    cdef Py_ssize_t r, c
-    cdef int info
-    cdef floating *a = <floating *> malloc(2 * n * n * sizeof(floating))
-    cdef floating *z
-    if a == NULL:
-        raise MemoryError()
-    z = a + n * n
-    with nogil:
-        for r in range(n):
-            for c in range(n):
-                a[r * n + c] = A[r, c]
-        info = _syevr(n, a, &w[0], z)
-        # z is column-major: z[c * n + r] is row r of eigenvector c.
-        for r in range(n):
-            for c in range(n):
-                V[r, c] = z[c * n + r]
-    free(a)
-    if info != 0:
-        raise ArithmeticError(f"LAPACK syevr failed (info={info})")
+    eigh_top(A, w, V)
 
 
 def psd_project(const floating[:, ::1] A, floating[:, ::1] out, floating[::1] w):

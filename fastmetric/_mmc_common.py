@@ -181,7 +181,7 @@ def _eigh(M):
 
 
 def _eigh_top(M, k, vectors=True):
-    """The k largest eigenpairs (ascending) of a symmetric matrix: LAPACK syevr.
+    """The k largest eigenpairs (ascending) of a symmetric matrix (``eigh_top``).
 
     Returns ``(w, V)``; V is None with ``vectors=False``.
     """
@@ -193,7 +193,7 @@ def _eigh_top(M, k, vectors=True):
 
 
 def _lambda_max(M):
-    """Largest eigenvalue of a symmetric matrix (LAPACK syevr, one eigenvalue)."""
+    """Largest eigenvalue of a symmetric matrix (one eigenvalue, no vectors)."""
     return float(_eigh_top(M, 1, vectors=False)[0][0])
 
 
