@@ -25,6 +25,7 @@ from ._mmc_common import (
     s_matrix,
     tolerance_floor,
 )
+from ._numba.mmc import spg_spectraplex
 from ._threads import blas_threads
 
 
@@ -106,6 +107,15 @@ class _Whitened:
             yield Z
         if keep:
             self._Z = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+    def whitened_diffs(self):
+        """All whitened dissimilar differences as one (n, d) float64 array, or
+        None when they do not fit in ``_CACHE_ELEMENTS``."""
+        if self.dissimilar.n_pairs * self.P.shape[0] > _CACHE_ELEMENTS:
+            return None
+        for _ in self.diff_blocks():
+            pass
+        return np.ascontiguousarray(self._Z)
 
     def value_grad_factor(self, L):
         """``f(L L^T)`` and its gradient; the distances go to ``self.dists``."""
@@ -294,6 +304,14 @@ _BLOCK = 4096
 # Whitened differences kept for Newton up to this many float64 values (32 MB).
 _CACHE_ELEMENTS = 4_000_000
 _BLAS_THREADS_FLOPS = 1e9
+# Up to this many features (and while the whitened differences fit in
+# _CACHE_ELEMENTS) projected gradient runs compiled: there Python's overhead
+# per iteration, not the pair passes or the eigendecompositions, dominates.
+_COMPILED_MAX_D = 32
+_COMPILED_MAX_WORK = 2e6  # n_pairs d^2 (one pass; beyond it the pair kernels win)
+# The compiled loop hands over to the Python loop (and its Newton rounds) once
+# its linear rate predicts more than this many further iterations.
+_COMPILED_PATIENCE = 12
 
 
 def _factor_derivatives(prob, L, G):
@@ -436,19 +454,23 @@ def _factor_newton(prob, B, f, r, dec_tol, budget, target=0.0):
             break
         E = x.reshape(d, r, order="F")
         steps += 1
+        # A few ulp of slack: close to the optimum a Newton step gains less
+        # than the rounding of f (the gap is first-order in the distance to
+        # the optimum, f's error second-order), and the step is still right.
+        slack = 8.0 * np.finfo(float).eps * abs(f_L)
         t = 1.0
         while t > 1e-12:
             L_new = L + t * E
             L_new /= np.linalg.norm(L_new)
             f_new = prob.value_factor(L_new)
-            if f_new >= f_L + 1e-4 * t * dec:
+            if f_new >= f_L + 1e-4 * t * dec - slack:
                 break
             t *= 0.5
         else:
             break
         L = L_new
-        if f_new > best_f:
-            best_B, best_L, best_f = _sym(L_new @ L_new.T), L_new, f_new
+        if f_new >= best_f - slack:
+            best_B, best_L, best_f = _sym(L_new @ L_new.T), L_new, max(f_new, best_f)
     return best_B, best_L, best_f, steps
 
 
@@ -640,8 +662,37 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
 
     n_iter = 0
     certified = True
-    gap = measure(None)
     stop = False
+    compiled_gaps = []
+    compiled_slow = False
+    Z = (prob.whitened_diffs() if callback is None and max_iter > 0
+         and d <= _COMPILED_MAX_D
+         and dissimilar.n_pairs * d**2 <= _COMPILED_MAX_WORK else None)
+    if Z is not None:
+        B = np.array(B, dtype=np.float64, order="C")
+        hist = np.empty(max_iter)
+        gaps_c = np.empty(max_iter)
+        n_iter, f, gap, G, status = spg_spectraplex(
+            Z, B, max_iter, target, prob.n_identical, _COMPILED_PATIENCE,
+            hist, gaps_c)
+        history.extend(hist[:n_iter].tolist())
+        if verbose:
+            for k in range(n_iter):
+                print(f"mmc exact iter {k + 1} (gradient): sum_D dist = "
+                      f"{hist[k]:.12g}, relative gap = {gaps_c[k]:.3e}")
+        compiled_gaps = [g for g in gaps_c[:n_iter].tolist() if np.isfinite(g)]
+        compiled_slow = status == 1 and n_iter < max_iter
+        if status != 0:
+            # Not certified: the Python loop (floored certificate, Newton on
+            # the factor) carries on from here, with B's factor.
+            lam, V = _eigh(B)
+            keep = lam > max(lam[-1], 0.0) * d * np.finfo(float).eps
+            L = V[:, keep] * np.sqrt(lam[keep])
+            B = _sym(L @ L.T)
+            f, G = prob.value_grad_factor(L)
+            gap = measure(None)
+    else:
+        gap = measure(None)
 
     def report(phase):
         nonlocal stop
@@ -654,17 +705,22 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
 
     alpha = 1.0 / max(np.linalg.norm(G), np.finfo(float).tiny)
     recent = [f]
-    since_newton = 0
-    gaps = []
+    since_newton = len(compiled_gaps)
+    gaps = compiled_gaps
     newton_failed = False
     while gap > target and n_iter < max_iter and not stop:
         # Projected gradient: fast global progress; it converges in a few
-        # dozen steps on well-conditioned data.
+        # dozen steps on well-conditioned data.  The compiled loop hands over
+        # when its rate calls for Newton: then Newton goes first.
         f_before = f
-        B_new, L_new, f_new, G_new, alpha = _spg_step(prob, B, L, f, G,
-                                                       alpha, recent)
-        spg_stalled = B_new is None
-        if not spg_stalled:
+        force_newton, compiled_slow = compiled_slow, False
+        if force_newton:
+            B_new, spg_stalled = None, False
+        else:
+            B_new, L_new, f_new, G_new, alpha = _spg_step(prob, B, L, f, G,
+                                                           alpha, recent)
+            spg_stalled = B_new is None
+        if B_new is not None:
             n_iter += 1
             since_newton += 1
             B, L, f, G = B_new, L_new, f_new, G_new
@@ -675,7 +731,7 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
                 break
             if np.isfinite(gap):
                 gaps.append(gap)
-        if not spg_stalled and since_newton < _NEWTON_EVERY:
+        if not (spg_stalled or force_newton) and since_newton < _NEWTON_EVERY:
             continue
         lam = np.sum(L * L, axis=0)  # B's nonzero eigenvalues
         r = int(np.sum(lam > 1e-9 * lam.max()))
@@ -683,24 +739,30 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
             if spg_stalled:
                 break
             continue
-        if not spg_stalled and not _newton_pays(gaps, gap, target, d, r,
-                                                 dissimilar.n_pairs):
+        if not (spg_stalled or force_newton) and not _newton_pays(
+                gaps, gap, target, d, r, dissimilar.n_pairs):
             continue
         # Projected gradient is slow (badly conditioned data, where the range
         # of B must rotate) or stuck: Newton on the factor L of B = L L^T.
         since_newton = 0
         gaps = []
         f_before = f
-        B_new, L_new, f_new, _ = _factor_newton(prob, B, f, r, 1e-3 * target, 20,
+        B_new, L_new, f_new, _ = _factor_newton(prob, B, f, r, 1e-2 * target**2, 20,
                                                  target)
-        if f_new > f:
-            newton_failed = False
+        if L_new is not None:
+            # Accepted steps keep f to within rounding; near the optimum they
+            # show as a smaller gap rather than a larger f.
+            gap_before = gap
             n_iter += 1
             B, L = B_new, L_new
             f, G = prob.value_grad_factor(L)
             recent.append(f)
             gap = measure(f_before)
             report("newton")
+            progressed = f > f_before or gap < gap_before
+            if not progressed and (spg_stalled or newton_failed):
+                break
+            newton_failed = not progressed
         elif spg_stalled or newton_failed:
             break  # neither method can improve f any further
         else:

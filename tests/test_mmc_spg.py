@@ -1,0 +1,158 @@
+"""The compiled projected-gradient path of the exact MMC solver.
+
+Its kernels against NumPy (:mod:`fastmetric._reference`), its certificate,
+and the solver with and without it on the same problems (float32 and float64
+data, one and two threads).
+"""
+
+import numpy as np
+import pytest
+
+import fastmetric._mmc_exact as exact
+from fastmetric import MMC
+from fastmetric._mmc_common import _project_capped_simplex
+from fastmetric._numba.mmc import (
+    _ROWS,
+    fw_gap,
+    project_capped_simplex,
+    spg_spectraplex,
+    value_grad,
+)
+from fastmetric._reference import (
+    mmc_exact_numpy,
+    mmc_objective_numpy,
+    sqrt_dist_sum_and_grad_numpy,
+)
+
+
+def _psd(d, rank, seed):
+    rng = np.random.default_rng(seed)
+    K = rng.normal(size=(d, rank))
+    B = K @ K.T
+    return B / np.trace(B)
+
+
+@pytest.mark.parametrize("n", [1, 7, _ROWS, 2 * _ROWS + 3])
+@pytest.mark.parametrize("d,rank", [(1, 1), (5, 2), (12, 12)])
+def test_value_grad_matches_numpy(n, d, rank):
+    rng = np.random.default_rng(n + d)
+    Z = rng.normal(size=(n, d))
+    Z[::5] = 0.0  # pairs of identical points: distance 0, no gradient
+    B = _psd(d, rank, d)
+    G = np.full((d, d), np.nan)
+    dists = np.full(n, np.nan)
+    f = value_grad(Z, B, G, dists)
+    f_ref, G_ref = sqrt_dist_sum_and_grad_numpy(Z, B)
+    assert f == pytest.approx(f_ref, rel=1e-12)
+    np.testing.assert_allclose(G, G_ref, rtol=1e-10, atol=1e-12 * np.abs(G_ref).max())
+    np.testing.assert_array_equal(G, G.T)
+    np.testing.assert_allclose(dists, np.sqrt(np.einsum("pk,pk->p", Z @ B, Z)),
+                               rtol=1e-12, atol=1e-300)
+    assert np.all(dists[::5] == 0)
+
+
+def test_fw_gap_is_inf_when_a_moving_pair_collapses():
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(50, 4))
+    B = np.diag([1.0, 0, 0, 0])  # pairs along the other axes collapse
+    Z[:3, 0] = 0.0
+    G = np.empty((4, 4))
+    dists = np.empty(50)
+    f = value_grad(Z, B, G, dists)
+    assert fw_gap(f, G, dists, 0) == np.inf
+    Z[:3] = 0.0  # now they are identical points, which never count
+    f = value_grad(Z, B, G, dists)
+    assert fw_gap(f, G, dists, 3) == pytest.approx(
+        (np.linalg.eigvalsh(G)[-1] - f / 2) / f)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_capped_simplex_matches_python(seed):
+    rng = np.random.default_rng(seed)
+    lam = rng.normal(scale=[0.1, 1.0, 10.0][seed % 3], size=1 + seed * 3)
+    out = project_capped_simplex(lam)
+    np.testing.assert_allclose(out, _project_capped_simplex(lam), atol=1e-15)
+    assert out.min() >= 0 and out.sum() <= 1 + 1e-12
+
+
+def _whitened_problem(d, n, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 300)
+    X = rng.normal(size=(300, d)) + 2.0 * rng.normal(size=(3, d))[y]
+    X *= rng.uniform(0.3, 3.0, size=d)
+    a, b = rng.integers(0, 300, size=(2, 4 * n))
+    keep = a != b
+    a, b = a[keep], b[keep]
+    same = y[a] == y[b]
+    sim = np.stack([a[same], b[same]], 1)[:n]
+    dis = np.stack([a[~same], b[~same]], 1)[:n]
+    return X, sim, dis
+
+
+@pytest.mark.parametrize("d,n", [(3, 200), (8, 500), (20, 400)])
+def test_spg_reaches_the_reference_optimum(d, n):
+    X, sim, dis = _whitened_problem(d, n, d)
+    Zs = X[sim[:, 0]] - X[sim[:, 1]]
+    mu, V = np.linalg.eigh(Zs.T @ Zs)
+    P = V / np.sqrt(mu)
+    Z = np.ascontiguousarray((X[dis[:, 0]] - X[dis[:, 1]]) @ P)
+    B = np.diag(mu / mu.sum())
+    hist, gaps = np.empty(500), np.empty(500)
+    n_iter, f, gap, G, status = spg_spectraplex(Z, B, 500, 1e-9, 0, 500, hist, gaps)
+    assert status == 0 and gap <= 1e-9
+    assert np.all(np.diff(hist[:n_iter]) > -1e-9 * f)  # (non-monotone, but barely)
+    # the certificate bounds how far J is from the reference's optimum
+    A_ref = mmc_exact_numpy(X, sim, dis, gap_tol=1e-12)[0]
+    J_ref = mmc_objective_numpy(X, sim, dis, A_ref)
+    J = mmc_objective_numpy(X, sim, dis, P @ B @ P.T)
+    assert J == pytest.approx(J_ref, rel=2e-9)
+    assert J <= J_ref * (1 + 1e-12)
+    assert np.trace(B) <= 1 + 1e-12 and np.linalg.eigvalsh(B).min() > -1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_jobs", [1, 2])
+@pytest.mark.parametrize("d,n", [(4, 300), (15, 600)])
+def test_compiled_and_python_paths_agree(monkeypatch, dtype, n_jobs, d, n):
+    X, sim, dis = _whitened_problem(d, n, 100 + d)
+    X = X.astype(dtype)
+    pairs = np.concatenate([sim, dis])
+    labels = np.r_[np.ones(len(sim)), -np.ones(len(dis))]
+    fitted = {}
+    for name, max_d in (("compiled", 64), ("python", 0)):
+        monkeypatch.setattr(exact, "_COMPILED_MAX_D", max_d)
+        fitted[name] = MMC(preprocessor=X, n_jobs=n_jobs).fit(pairs, labels)
+    a, b = fitted["compiled"], fitted["python"]
+    assert a.converged_ and b.converged_
+    J = [mmc_objective_numpy(X, sim, dis, m.A_) for m in (a, b)]
+    tol = 1e-8 if dtype == np.float64 else 1e-5
+    assert J[0] == pytest.approx(J[1], rel=tol)
+    np.testing.assert_allclose(a.A_, b.A_, rtol=0, atol=1e3 * tol * np.abs(b.A_).max())
+
+
+def test_compiled_path_hands_over_to_newton_on_ill_conditioned_data(monkeypatch):
+    # Strongly correlated features: projected gradient alone is slow, so the
+    # compiled loop stops early and the Newton rounds finish the job.
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    base = rng.normal(size=(400, 3)) + 1.5 * y[:, None]
+    X = base @ rng.normal(size=(3, 12)) + 1e-3 * rng.normal(size=(400, 12))
+    idx = rng.integers(0, 400, size=(3000, 2))
+    idx = idx[idx[:, 0] != idx[:, 1]]
+    labels = np.where(y[idx[:, 0]] == y[idx[:, 1]], 1, -1)
+    calls = []
+    real = exact._factor_newton
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exact, "_factor_newton", counting)
+    model = MMC(preprocessor=X, n_jobs=1).fit(idx, labels)
+    assert model.converged_
+    sim, dis = idx[labels == 1], idx[labels == -1]
+    J = mmc_objective_numpy(X, sim, dis, model.A_)
+    J_ref = mmc_objective_numpy(X, sim, dis,
+                                mmc_exact_numpy(X, sim, dis, gap_tol=1e-12)[0])
+    assert J == pytest.approx(J_ref, rel=1e-7)
+    assert calls, "expected the compiled loop to hand over to Newton"
