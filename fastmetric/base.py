@@ -333,15 +333,24 @@ class _PairsClassifierMixin(ClassifierMixin):
         scores = self.decision_function(pairs_valid)
         y_valid = check_pair_labels(y_valid, scores.shape[0], "y_valid")
         if strategy == "accuracy":
-            order = np.argsort(scores, kind="stable")[::-1]
-            scores_sorted = scores[order]
-            y_ordered = y_valid[order]
-            scores_sorted = np.concatenate([[scores_sorted[0] + 1], scores_sorted])
-            cum_tp = np.concatenate([[0.0], np.cumsum(y_ordered == 1, dtype=float)])
-            cum_tn = np.concatenate(
-                [[0.0], np.cumsum(y_ordered[::-1] == -1, dtype=float)])[::-1]
-            imax = int(np.argmax((cum_tp + cum_tn) / scores.shape[0]))
-            self.threshold_ = -float(scores_sorted[imax])
+            # Pairs count as similar when score >= c.  Candidates: every score
+            # and max + 1 (no pair similar); the largest best c wins.  Tied
+            # scores are classified alike: a cut may only fall where the
+            # sorted scores change.
+            n = scores.shape[0]
+            order = np.argsort(scores)
+            s_sorted = scores[order]
+            is_pos = y_valid[order] == 1
+            # cut k: pairs k.. similar.  tn(k) = negatives before k, tp(k) =
+            # positives from k on; k = n is "none similar".
+            neg_before = np.concatenate([[0], np.cumsum(~is_pos)])
+            pos_from = is_pos.sum() - np.concatenate([[0], np.cumsum(is_pos)])
+            correct = neg_before + pos_from
+            valid = np.ones(n + 1, dtype=bool)
+            valid[1:n] = s_sorted[1:] != s_sorted[:-1]
+            correct[~valid] = -1
+            k = n - int(np.argmax(correct[::-1]))
+            self.threshold_ = -float(s_sorted[k] if k < n else s_sorted[-1] + 1)
             return self
         if strategy == "f_beta":
             precision, recall, thresholds = precision_recall_curve(

@@ -321,6 +321,27 @@ def test_calibrate_threshold_is_best_among_all_thresholds(params, seed):
     assert _criterion(y=labels, pred=pred, **params) == pytest.approx(best, abs=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_accuracy_calibration_classifies_tied_distances_alike(seed):
+    # Repeated pairs with both labels: the threshold must not split a tie,
+    # and the accuracy reached is the best any threshold gives.
+    X, y = wine()
+    model = fitted_wine_mmc()
+    idx, labels = index_pairs(y, 40, seed + 20)
+    rng = np.random.default_rng(seed)
+    rep = rng.integers(0, len(idx), size=120)
+    idx, labels = idx[rep], np.where(rng.random(120) < 0.6, labels[rep],
+                                     -labels[rep])
+    pairs = X[idx]
+    dist = model.pair_distance(pairs)
+    candidates = np.r_[dist.min() - 1.0, np.unique(dist)]
+    best = max(_criterion("accuracy", labels, np.where(dist <= t, 1, -1))
+               for t in candidates)
+    model.calibrate_threshold(pairs, labels)
+    pred = model.predict(pairs)
+    assert _criterion("accuracy", labels, pred) == pytest.approx(best, abs=1e-12)
+
+
 @functools.cache
 def fitted_wine_mmc():
     X, y = wine()
