@@ -14,7 +14,26 @@ from ._mmc_common import (
     diag_dist_sum,
     tolerance_floor,
 )
+from ._numba.mmc import (
+    diag_derivs_cached,
+    diag_dist_sum_cached,
+    diag_hess_block,
+    gather_sq_diff_t,
+)
 from ._threads import kernel_threads, threads_for
+
+# The dissimilar pairs' squared differences are cached (float64, one row per
+# feature) up to this many values (32 MB): each pass then reads only the
+# features with non-zero weight, and minus the Hessian is formed only on the
+# free features (the optimum usually keeps a few of them).
+_CACHE_ELEMENTS = 4_000_000
+
+
+def squared_differences(pairs):
+    """``((X[i] - X[j])**2).T`` for all pairs: float64 of shape (d, n_pairs)."""
+    Qt = np.empty((pairs.n_features, pairs.n_pairs))
+    gather_sq_diff_t(pairs.X, pairs.i, pairs.j, Qt)
+    return Qt
 
 
 def diagonal_objective(s_sum, dissimilar, w, c=1.0, n_threads=1):
@@ -52,6 +71,57 @@ def diagonal_objective(s_sum, dissimilar, w, c=1.0, n_threads=1):
     grad = s_sum - c * gF / f
     hess = c * (hF / f + np.outer(gF, gF) / f**2)
     return value, grad, hess
+
+
+class _Objective:
+    """The diagonal objective for one solve: value, derivatives, Hessian blocks.
+
+    With the squared differences cached (:func:`squared_differences`) the
+    passes run in :mod:`fastmetric._numba.mmc` and Hessian blocks cost
+    O(n m^2) for m free features; otherwise the pair kernel's full Hessian
+    is sliced.
+    """
+
+    def __init__(self, s_sum, dissimilar, c, n_threads):
+        self.s_sum, self.dissimilar, self.c = s_sum, dissimilar, c
+        self.n_threads = n_threads
+        d = s_sum.shape[0]
+        self.Qt = (squared_differences(dissimilar)
+                   if dissimilar.n_pairs * d <= _CACHE_ELEMENTS else None)
+        self.c2 = None if self.Qt is None else np.empty(dissimilar.n_pairs)
+        self._hess = None
+
+    def value(self, w):
+        if self.Qt is not None:
+            f = diag_dist_sum_cached(self.Qt, w)
+        else:
+            f = diag_dist_sum(self.dissimilar, w, self.n_threads)
+        return float(self.s_sum @ w) - self.c * np.log(f) if f > 0 else np.inf
+
+    def derivs(self, w):
+        """``(g, grad, hdiag)`` at w; :meth:`hess_block` then refers to w."""
+        c = self.c
+        if self.Qt is None:
+            g, grad, hess = diagonal_objective(self.s_sum, self.dissimilar, w, c,
+                                               self.n_threads)
+            self._hess = hess
+            return g, grad, np.diag(hess).copy()
+        d = w.shape[0]
+        gF, hdF = np.empty(d), np.empty(d)
+        f = diag_derivs_cached(self.Qt, w, gF, hdF, self.c2)
+        if not f > 0:
+            return np.inf, np.full(d, np.nan), np.full(d, np.nan)
+        self._f, self._gF = f, gF
+        return (float(self.s_sum @ w) - c * np.log(f), self.s_sum - c * gF / f,
+                c * (hdF / f + gF**2 / f**2))
+
+    def hess_block(self, cols):
+        """The objective's Hessian on the features ``cols`` (at the last derivs)."""
+        if self.Qt is None:
+            return self._hess[np.ix_(cols, cols)]
+        f, gF = self._f, self._gF[cols]
+        H = diag_hess_block(self.Qt, self.c2, cols)
+        return self.c * (H / f + np.outer(gF, gF) / f**2)
 
 
 def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
@@ -113,7 +183,8 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
     # g(a w) = a s.w - c log(sqrt(a) f(w)) is minimised over a > 0 at
     # a = c / (2 s.w): start from the best multiple of the initial weights.
     w *= c / (2.0 * float(s_sum @ w))
-    g, grad, hess = diagonal_objective(s_sum, dissimilar, w, c, n_threads)
+    obj = _Objective(s_sum, dissimilar, c, n_threads)
+    g, grad, hdiag = obj.derivs(w)
     if not np.isfinite(g):
         raise ValueError("every dissimilar pair has zero distance under the initial "
                          "weights; MMC needs dissimilar pairs that differ")
@@ -134,20 +205,20 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
     stopped = False
     while not converged and n_iter < max_iter:
         n_iter += 1
-        pg = w - np.maximum(w - grad / np.maximum(np.diag(hess), 1e-300), 0.0)
+        pg = w - np.maximum(w - grad / np.maximum(hdiag, 1e-300), 0.0)
         eps_k = min(1e-3 * max(w.max(), 1e-300), float(np.abs(pg).max()))
         active = (w <= eps_k) & (grad > 0)
         free = ~active
         direction = np.zeros(d)
         if free.any():
-            Hff = hess[np.ix_(free, free)]
+            Hff = obj.hess_block(np.flatnonzero(free))
             jitter = 1e-12 * max(np.trace(Hff) / Hff.shape[0], 1e-300)
             try:
                 direction[free] = -np.linalg.solve(
                     Hff + jitter * np.eye(Hff.shape[0]), grad[free])
             except np.linalg.LinAlgError:
                 direction[free] = -grad[free] / np.maximum(np.diag(Hff), 1e-300)
-        direction[active] = -grad[active] / np.maximum(np.diag(hess)[active], 1e-300)
+        direction[active] = -grad[active] / np.maximum(hdiag[active], 1e-300)
         # Backtracking on the value alone (one cheap pass per trial).  Near the
         # optimum the predicted decrease falls below g's rounding; a step that
         # does not raise g beyond rounding is then accepted, so Newton can
@@ -156,8 +227,7 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
         step = 1.0
         while True:
             w_new = np.maximum(w + step * direction, 0.0)
-            f_new = diag_dist_sum(dissimilar, w_new, n_threads)
-            g_new = float(s_sum @ w_new) - c * np.log(f_new) if f_new > 0 else np.inf
+            g_new = obj.value(w_new)
             decrease = float(grad @ (w - w_new))
             if np.isfinite(g_new) and g_new <= g - 1e-4 * max(decrease, 0.0) + rounding:
                 break
@@ -169,7 +239,7 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
             stalled += 1
         else:
             stalled = 0
-            g, grad, hess = diagonal_objective(s_sum, dissimilar, w_new, c, n_threads)
+            g, grad, hdiag = obj.derivs(w_new)
             w = w_new
         history.append(g)
         viol = kkt(w, grad)

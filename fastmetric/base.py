@@ -15,7 +15,11 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 from sklearn.utils import TransformerTags
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._mmc_common import pair_sq_distances
+from ._mmc_common import (
+    diag_sq_distances,
+    factor_dist_sum_and_grad,
+    pair_sq_distances,
+)
 from ._validation import (
     check_finite,
     check_indices,
@@ -85,7 +89,23 @@ class MahalanobisMixin(BaseEstimator):
             ``sqrt((x - y)^T A (x - y))`` for each pair.
         """
         data = self._fitted_pairs(pairs)
-        q = pair_sq_distances(data, self.get_mahalanobis_matrix(), self._n_threads())
+        A = self.get_mahalanobis_matrix()
+        n_threads = self._n_threads()
+        # Learned metrics are often diagonal or of low rank: n d or 2 n d r
+        # flops per call instead of 2 n d^2.
+        if not np.any(A - np.diag(np.diagonal(A))):
+            q = diag_sq_distances(data, np.diagonal(A), n_threads)
+            return np.sqrt(np.maximum(q.astype(np.float64), 0.0))
+        # Rows of L are sqrt(eigenvalue) eigenvectors: those below the
+        # eigendecomposition's own rounding (d eps lambda_max) carry nothing.
+        L = np.asarray(self.components_)
+        lam = np.einsum("ij,ij->i", L, L)
+        rows = np.flatnonzero(lam > L.shape[1] * np.finfo(float).eps * lam.max())
+        if L.shape[1] == A.shape[0] and 2 * rows.size <= A.shape[0]:
+            dists = np.empty(data.n_pairs, dtype=data.X.dtype)
+            factor_dist_sum_and_grad(data, L[rows].T, dists, n_threads, grad=False)
+            return dists.astype(np.float64)
+        q = pair_sq_distances(data, A, n_threads)
         return np.sqrt(q.astype(np.float64))
 
     def pair_score(self, pairs):

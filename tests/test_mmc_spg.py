@@ -156,3 +156,125 @@ def test_compiled_path_hands_over_to_newton_on_ill_conditioned_data(monkeypatch)
                                 mmc_exact_numpy(X, sim, dis, gap_tol=1e-12)[0])
     assert J == pytest.approx(J_ref, rel=1e-7)
     assert calls, "expected the compiled loop to hand over to Newton"
+
+
+# --- diagonal MMC's cached passes ---------------------------------------------
+
+
+def _diag_problem(n, d, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(max(n // 3, 4), d)).astype(dtype)
+    i = rng.integers(0, X.shape[0], n).astype(np.intp)
+    j = rng.integers(0, X.shape[0], n).astype(np.intp)
+    j[::7] = i[::7]  # identical points: zero distance
+    w = rng.uniform(0.0, 2.0, d)
+    w[::3] = 0.0
+    return X, i, j, w
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("blas_threads", [1, 2])
+@pytest.mark.parametrize("n,d", [(1, 1), (50, 4), (3000, 17)])
+def test_diagonal_cached_passes_match_numpy(dtype, blas_threads, n, d):
+    from threadpoolctl import threadpool_limits
+
+    from fastmetric._numba.mmc import (
+        diag_derivs_cached,
+        diag_dist_sum_cached,
+        diag_hess_block,
+        gather_sq_diff_t,
+    )
+
+    X, i, j, w = _diag_problem(n, d, dtype)
+    Q = (X[i].astype(np.float64) - X[j]) ** 2
+    Qt = np.empty((d, n))
+    gather_sq_diff_t(X, i, j, Qt)
+    np.testing.assert_array_equal(Qt, Q.T)
+    s = Q @ w
+    dist = np.sqrt(s)
+    pos = s > 0
+    a = np.where(pos, 0.5 / np.where(pos, dist, 1.0), 0.0)
+    c2 = np.where(pos, 0.25 / np.where(pos, s * dist, 1.0), 0.0)
+    grad_ref = Q.T @ a
+    hess_ref = (Q * c2[:, None]).T @ Q
+    grad, hdiag, c2_out = np.empty(d), np.empty(d), np.empty(n)
+    with threadpool_limits(blas_threads):
+        f = diag_derivs_cached(Qt, w, grad, hdiag, c2_out)
+        f_value = diag_dist_sum_cached(Qt, w)
+        cols = np.flatnonzero(w > 0) if d > 1 else np.arange(1)
+        H = diag_hess_block(Qt, c2_out, cols)
+    assert f == pytest.approx(dist.sum(), rel=1e-12)
+    assert f_value == pytest.approx(dist.sum(), rel=1e-12)
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-11)
+    np.testing.assert_allclose(hdiag, np.diag(hess_ref), rtol=1e-11)
+    np.testing.assert_allclose(c2_out, c2, rtol=1e-13)
+    np.testing.assert_allclose(H, hess_ref[np.ix_(cols, cols)], rtol=1e-11)
+    np.testing.assert_array_equal(H, H.T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_diagonal_solver_same_result_cached_or_not(monkeypatch, dtype):
+    import fastmetric._mmc_diagonal as diag
+
+    X, sim, dis = _whitened_problem(12, 800, 5)
+    X = X.astype(dtype)
+    pairs = np.concatenate([sim, dis])
+    labels = np.r_[np.ones(len(sim)), -np.ones(len(dis))]
+    out = []
+    for limit in (diag._CACHE_ELEMENTS, 0):
+        monkeypatch.setattr(diag, "_CACHE_ELEMENTS", limit)
+        out.append(MMC(preprocessor=X, diagonal=True, n_jobs=2).fit(pairs, labels))
+    a, b = out
+    assert a.converged_ and b.converged_
+    tol = 1e-7 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(np.diag(a.A_), np.diag(b.A_), rtol=tol,
+                               atol=tol * np.abs(b.A_).max())
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "low-rank", "full"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pair_distance_structure_paths_match_numpy(monkeypatch, kind, dtype):
+    rng = np.random.default_rng(1)
+    d = 8
+    X = rng.normal(size=(60, d)).astype(dtype)
+    if kind == "diagonal":
+        A = np.diag(rng.uniform(0, 2, d))
+        A[2, 2] = 0.0
+    else:
+        K = rng.normal(size=(d, 2 if kind == "low-rank" else d))
+        A = K @ K.T
+    model = MMC(preprocessor=X).fit(*_fit_pairs(rng))
+    model.A_ = A
+    from fastmetric.base import components_from_metric
+
+    model.components_ = components_from_metric(A)
+    idx = rng.integers(0, 60, size=(200, 2))
+    idx[:5, 1] = idx[:5, 0]
+    diff = X[idx[:, 0]].astype(np.float64) - X[idx[:, 1]]
+    ref = np.sqrt(np.maximum(np.einsum("pk,kl,pl->p", diff, A, diff), 0))
+    import fastmetric.base as base
+
+    calls = {"diag": 0, "factor": 0}
+    for name, key in (("diag_sq_distances", "diag"),
+                      ("factor_dist_sum_and_grad", "factor")):
+        real = getattr(base, name)
+
+        def counted(*args, _real=real, _key=key, **kwargs):
+            calls[_key] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(base, name, counted)
+    got = model.pair_distance(idx)
+    assert calls == {"diagonal": {"diag": 1, "factor": 0},
+                     "low-rank": {"diag": 0, "factor": 1},
+                     "full": {"diag": 0, "factor": 0}}[kind]
+    tol = 1e-10 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * ref.max())
+    assert np.all(got[:5] == 0)
+
+
+def _fit_pairs(rng):
+    y = rng.integers(0, 2, 60)
+    idx = rng.integers(0, 60, size=(80, 2))
+    idx = idx[idx[:, 0] != idx[:, 1]]
+    return idx, np.where(y[idx[:, 0]] == y[idx[:, 1]], 1, -1)
