@@ -363,3 +363,137 @@ def syrk(const floating[:, ::1] a, floating[:, ::1] out):
         for r in range(n):
             for c in range(r + 1, n):
                 out[r, c] = out[c, r]
+
+
+cdef int _psd_clip_rank_bounded(int n, int k, const double *A, double *a,
+                                double *w, double *z, double *out,
+                                int *rank) noexcept nogil:
+    """``out = P_PSD(A)`` (row-major n x n) from the top ``k`` eigenpairs.
+
+    Valid when A has at most ``k - 1`` positive eigenvalues, which the caller
+    knows from Weyl's inequality; the k-th largest is computed as a check and,
+    when it is positive beyond rounding (``n eps lambda_max``), the full
+    decomposition is taken instead.  ``rank`` receives the number of positive
+    eigenvalues kept.  Returns LAPACK's ``info``.
+    """
+    cdef int r, c, info = -1, m, kept
+    cdef double s, top
+    cdef char uplo = b'U'
+    cdef char trans = b'N'
+    cdef double one = 1.0, zero = 0.0
+    if k < n:
+        for r in range(n):
+            for c in range(n):
+                a[c * n + r] = (A[r * n + c] + A[c * n + r]) * 0.5
+        info = _stemr_top(n, k, a, w, z)
+        if info == 0:
+            top = fabs(w[k - 1])
+            if w[0] > n * 2.220446049250313e-16 * top:
+                info = -1  # more positive eigenvalues than the bound allows
+        m = k
+    if info != 0:
+        for r in range(n):
+            for c in range(n):
+                a[c * n + r] = (A[r * n + c] + A[c * n + r]) * 0.5
+        info = _syevr(n, a, w, z)
+        m = n
+    if info != 0:
+        return info
+    # Positive eigenpairs, scaled by sqrt(lambda), packed to the front.
+    kept = 0
+    for c in range(m):
+        if w[c] > 0:
+            s = sqrt(w[c])
+            for r in range(n):
+                z[kept * n + r] = z[c * n + r] * s
+            kept += 1
+    rank[0] = kept
+    if kept == 0:
+        for r in range(n * n):
+            out[r] = 0
+        return 0
+    dsyrk(&uplo, &trans, &n, &kept, &one, z, &n, &zero, a, &n)
+    for c in range(n):
+        for r in range(c + 1):
+            out[r * n + c] = a[c * n + r]
+            out[c * n + r] = a[c * n + r]
+    return 0
+
+
+ctypedef double (*c1_fn_t)(double *, const double *, double,
+                          Py_ssize_t) noexcept nogil
+
+
+def gaip_projections(double[:, ::1] A, const double[:, ::1] W,
+                     const double[:, ::1] W_unit, double t, double t_unit,
+                     int max_proj, double eps, size_t c1_address):
+    """MMC's projection loop: alternate C1 and C2 until the S-constraint holds.
+
+    Each round projects ``A`` onto the half-space ``<W, A> <= t`` (along
+    ``W_unit = W / ||W||``, ``t_unit = t / ||W||``; the Numba C1 kernel,
+    called through its C address), then onto the PSD cone
+    (clipping negative eigenvalues), and stops once
+    ``(<W, A> - t) / t < eps`` -- Xing et al.'s iterative projections as
+    metric-learn 0.7.0 runs them.  After a PSD projection of rank r, the next
+    C1 step subtracts a PSD matrix, so (Weyl) at most r eigenvalues stay
+    positive: later rounds compute only the top r + 1 eigenpairs (MRRR).
+
+    Parameters
+    ----------
+    A : ndarray of shape (d, d), float64
+        Updated in place.
+    W, W_unit : ndarray of shape (d, d), float64
+    t, t_unit : float
+    max_proj : int
+    eps : float
+    c1_address : int
+        Address of the C1 step, ``double c1(double *A, const double *W_unit,
+        double t_unit, Py_ssize_t size)`` (the Numba kernel
+        ``fastmetric._numba.projections.c1_project_cfunc.address``).
+
+    Returns
+    -------
+    satisfied : bool
+    rounds : int
+    """
+    cdef c1_fn_t c1 = <c1_fn_t> <void *> c1_address
+    cdef int n = <int> A.shape[0]
+    cdef Py_ssize_t nn = <Py_ssize_t> n * n, idx
+    cdef int rnd, info = 0, k = n, rank = 0
+    cdef double dot
+    cdef bint satisfied = False
+    cdef double *buf = <double *> malloc((3 * nn + n) * sizeof(double))
+    cdef double *a
+    cdef double *z
+    cdef double *out
+    cdef double *w
+    cdef double *Ap = &A[0, 0]
+    cdef const double *Wp = &W[0, 0]
+    cdef const double *W1p = &W_unit[0, 0]
+    if buf == NULL:
+        raise MemoryError()
+    a = buf
+    z = buf + nn
+    out = buf + 2 * nn
+    w = buf + 3 * nn
+    rnd = 0
+    with nogil:
+        while rnd < max_proj:
+            rnd += 1
+            c1(Ap, W1p, t_unit, nn)
+            info = _psd_clip_rank_bounded(n, k, Ap, a, w, z, out, &rank)
+            if info != 0:
+                break
+            for idx in range(nn):
+                Ap[idx] = out[idx]
+            k = rank + 1 if rank < n else n
+            dot = 0
+            for idx in range(nn):
+                dot += Wp[idx] * Ap[idx]
+            if (dot - t) / t < eps:
+                satisfied = True
+                break
+    free(buf)
+    if info != 0:
+        raise ArithmeticError(f"LAPACK eigendecomposition failed (info={info})")
+    return bool(satisfied), rnd

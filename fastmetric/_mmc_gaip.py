@@ -1,7 +1,9 @@
 """MMC by gradient ascent and iterative projections, as metric-learn 0.7.0 runs it.
 
-See :func:`solve_ga_ip`.  The per-pair sums run in the compiled kernels and the
-C1 projection in Numba; no ``n_pairs x d x d`` temporary is ever built.
+See :func:`solve_ga_ip`.  The per-pair sums run in the compiled kernels; each
+projection loop is one compiled call (LAPACK for the PSD projections, the
+Numba C1 kernel through its C address); no ``n_pairs x d x d`` temporary is
+ever built.
 """
 
 import numpy as np
@@ -15,7 +17,7 @@ from ._mmc_common import (
     mmc_objective,
     s_matrix,
 )
-from ._numba.projections import c1_project, frobenius_dot
+from ._numba.projections import c1_project_cfunc
 
 
 def _grad_projection(grad1, grad2):
@@ -77,20 +79,12 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
     M = _grad_projection(w, grad_d0)
     A_old = A.copy()
     obj_old = obj_A0
-    psd_out = np.empty_like(A)
-    eigvals = np.empty(A.shape[0])
     history = []
     delta = np.inf
     cycle = 0
     for cycle in range(max_iter):
-        satisfy = False
-        for _ in range(max_proj):
-            c1_project(A, w1, t, t1)
-            _linalg.psd_project(A, psd_out, eigvals)
-            A[:] = psd_out
-            if (frobenius_dot(w, A) - t) / t < eps_proj:
-                satisfy = True
-                break
+        satisfy, _ = _linalg.gaip_projections(A, w, w1, t, t1, max_proj, eps_proj,
+                                              c1_project_cfunc.address)
         obj, grad_d = fd_and_grad(A)
         if satisfy and (obj > obj_old or cycle == 0):
             alpha *= 1.05

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastmetric._numba.projections import c1_project, frobenius_dot
+from fastmetric._numba.projections import c1_project, c1_project_cfunc
 
 
 def _problem(d, seed, shift):
@@ -55,20 +55,46 @@ def test_infeasible_point_goes_to_the_nearest_point_of_the_hyperplane(d, shift):
         assert np.linalg.norm(B - A) >= dist * (1 - 1e-12)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1,), (7,), (1, 1), (4, 4), (9, 13)])
-def test_frobenius_dot_matches_numpy(dtype, shape):
-    rng = np.random.default_rng(sum(shape))
-    a = rng.normal(size=shape).astype(dtype)
-    b = rng.normal(size=shape).astype(dtype)
-    expected = np.sum(a.astype(np.float64) * b.astype(np.float64))
-    scale = np.sum(np.abs(a.astype(np.float64) * b))
-    # Accumulated in float64, so even float32 inputs are summed exactly enough.
-    assert abs(frobenius_dot(a, b) - expected) <= 1e-12 * scale
+def _numpy_projection_loop(A, W, t, max_proj, eps):
+    """Metric-learn's loop in plain NumPy: full eigh, clip, rebuild."""
+    A = A.copy()
+    w_norm = np.linalg.norm(W)
+    W1, t1 = W / w_norm, t / w_norm
+    for rnd in range(1, max_proj + 1):
+        dot = np.sum(W1 * A)
+        if dot > t1:
+            A = A + (t1 - dot) * W1
+        lam, V = np.linalg.eigh((A + A.T) / 2)
+        A = (V * np.maximum(lam, 0)) @ V.T
+        if (np.sum(W * A) - t) / t < eps:
+            return A, True, rnd
+    return A, False, max_proj
 
 
-def test_frobenius_dot_on_a_transposed_view():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(5, 8))
-    b = rng.normal(size=(8, 5))
-    assert frobenius_dot(a, b.T) == pytest.approx(np.sum(a * b.T), rel=1e-12)
+@pytest.mark.parametrize("d", [1, 3, 20, 45])
+@pytest.mark.parametrize("start_rank", [1, 4, "full"])
+@pytest.mark.parametrize("blas_threads", [1, 2])
+def test_gaip_projection_loop_matches_numpy(d, start_rank, blas_threads):
+    from fastmetric._linalg import gaip_projections
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(d)
+    r = d if start_rank == "full" else min(start_rank, d)
+    K = rng.normal(size=(d, r))
+    M = rng.normal(size=(d, d))
+    # a PSD part plus a symmetric perturbation, as after a gradient step
+    A0 = K @ K.T + 0.3 * (M + M.T)
+    D = rng.normal(size=(3 * d, d))
+    W = D.T @ D
+    t = 0.2 * abs(float(np.sum(W * (K @ K.T)))) + 1e-3
+    for max_proj, eps in ((1, 0.01), (7, -1.0), (10_000, 0.01)):
+        ref, ok_ref, n_ref = _numpy_projection_loop(A0, W, t, max_proj, eps)
+        A = A0.copy()
+        with threadpool_limits(blas_threads):
+            ok, n = gaip_projections(A, W, W / np.linalg.norm(W), t,
+                                     t / np.linalg.norm(W), max_proj, eps,
+                                     c1_project_cfunc.address)
+        assert (ok, n) == (ok_ref, n_ref)
+        np.testing.assert_allclose(A, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
+        np.testing.assert_array_equal(A, A.T)
+        assert np.linalg.eigvalsh(A).min() >= -1e-10 * np.abs(A).max()

@@ -1,39 +1,17 @@
 """Numba kernels for the MMC projections that are not BLAS-shaped.
 
-Only ``@njit`` functions live here; the ga-ip solver in ``fastmetric._mmc_gaip``
-call them.  No validation: callers pass contiguous float arrays of matching shape.
+Only compiled functions live here: ``c1_project`` for NumPy callers and its
+C entry point ``c1_project_cfunc``, which the ga-ip projection loop
+(:func:`fastmetric._linalg.gaip_projections`) calls once per round without
+returning to Python.  No validation: callers pass contiguous float arrays of
+matching shape.
 """
 
-import numpy as np
-from numba import njit
+from numba import carray, cfunc, njit, types
 
 
 @njit(cache=True, nogil=True)
-def c1_project(A, w_unit, t, t_unit):
-    """Project ``A`` onto the half-space ``<W, A> <= t`` in place (Frobenius norm).
-
-    The similarity constraint of MMC, ``sum_S ||x - y||_A^2 <= t``, is linear in
-    ``A``: ``<W, A> <= t`` with ``W`` the S-matrix.  If it is violated, ``A``
-    moves along ``W`` onto the hyperplane, as in Xing et al. (2002).
-
-    Parameters
-    ----------
-    A : ndarray of shape (d, d)
-        Updated in place.
-    w_unit : ndarray of shape (d, d)
-        ``W / ||W||_F``.
-    t : float
-        The bound on ``<W, A>``.
-    t_unit : float
-        ``t / ||W||_F``.
-
-    Returns
-    -------
-    float
-        ``<w_unit, A>`` before the projection.
-    """
-    a = A.ravel()
-    w = w_unit.ravel()
+def _c1_flat(a, w, t_unit):
     dot = 0.0
     for k in range(a.shape[0]):
         dot += w[k] * a[k]
@@ -46,20 +24,38 @@ def c1_project(A, w_unit, t, t_unit):
 
 
 @njit(cache=True, nogil=True)
-def frobenius_dot(a, b):
-    """``sum(a * b)`` over two arrays of the same shape, accumulated in float64.
+def c1_project(A, w_unit, t, t_unit):
+    """Project ``A`` onto the half-space ``<W, A> <= t`` in place (Frobenius norm).
+
+    The similarity constraint of MMC, ``sum_S ||x - y||_A^2 <= t``, is linear in
+    ``A``: ``<W, A> <= t`` with ``W`` the S-matrix.  If it is violated, ``A``
+    moves along ``W`` onto the hyperplane, as in Xing et al. (2002).
 
     Parameters
     ----------
-    a, b : ndarray
+    A : ndarray of shape (d, d), C-contiguous
+        Updated in place.
+    w_unit : ndarray of shape (d, d), C-contiguous
+        ``W / ||W||_F``.
+    t : float
+        The bound on ``<W, A>``.
+    t_unit : float
+        ``t / ||W||_F``.
 
     Returns
     -------
     float
+        ``<w_unit, A>`` before the projection.
     """
-    x = a.ravel()
-    y = b.ravel()
-    acc = 0.0
-    for k in range(x.shape[0]):
-        acc += np.float64(x[k]) * np.float64(y[k])
-    return acc
+    return _c1_flat(A.ravel(), w_unit.ravel(), t_unit)
+
+
+@cfunc(types.float64(types.CPointer(types.float64), types.CPointer(types.float64),
+                     types.float64, types.intp), cache=True)
+def c1_project_cfunc(a_ptr, w_ptr, t_unit, size):
+    """C entry point of :func:`c1_project` on flat buffers of ``size`` float64.
+
+    ``double c1(double *A, const double *w_unit, double t_unit, Py_ssize_t size)``;
+    its ``address`` is passed to the compiled projection loop.
+    """
+    return _c1_flat(carray(a_ptr, (size,)), carray(w_ptr, (size,)), t_unit)
