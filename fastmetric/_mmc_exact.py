@@ -25,7 +25,7 @@ from ._mmc_common import (
     s_matrix,
     tolerance_floor,
 )
-from ._numba.mmc import spg_spectraplex
+from ._numba.mmc import gather_diff, spg_spectraplex
 from ._threads import blas_threads
 
 
@@ -99,9 +99,12 @@ class _Whitened:
         X, i, j = dis.X, dis.i, dis.j
         keep = dis.n_pairs * X.shape[1] <= _CACHE_ELEMENTS
         blocks = []
+        diff = np.empty((min(_BLOCK, dis.n_pairs), X.shape[1]))
         for start in range(0, dis.n_pairs, _BLOCK):
             sl = slice(start, start + _BLOCK)
-            Z = (X[i[sl]] - X[j[sl]]).astype(np.float64, copy=False) @ self.P
+            m = len(i[sl])
+            gather_diff(X, i[sl], j[sl], diff[:m])
+            Z = diff[:m] @ self.P
             if keep:
                 blocks.append(Z)
             yield Z
@@ -308,7 +311,7 @@ _BLAS_THREADS_FLOPS = 1e9
 # _CACHE_ELEMENTS) projected gradient runs compiled: there Python's overhead
 # per iteration, not the pair passes or the eigendecompositions, dominates.
 _COMPILED_MAX_D = 32
-_COMPILED_MAX_WORK = 2e6  # n_pairs d^2 (one pass; beyond it the pair kernels win)
+_COMPILED_MAX_WORK = 5e5  # n_pairs d^2 (one pass; beyond it the pair kernels win)
 # The compiled loop hands over to the Python loop (and its Newton rounds) once
 # its linear rate predicts more than this many further iterations.
 _COMPILED_PATIENCE = 12
@@ -539,6 +542,13 @@ def _spg_step(prob, B, L, f, G, alpha, recent):
     return B_new, L_new, f_new, G_new, alpha
 
 
+def _raise_no_dissimilar_distance():
+    raise ValueError(
+        "every dissimilar pair has zero distance under init; MMC needs "
+        "dissimilar pairs that differ"
+    )
+
+
 def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
                 tol=1e-3, n_threads=1, callback=None, verbose=False):
     """Solve MMC with a full matrix to its optimum.
@@ -617,12 +627,10 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         B = prob.to_B(A0)
         B, lam, V = _project_spectraplex(B / max(np.trace(B), np.finfo(float).tiny))
     L = V * np.sqrt(lam)
-    f, G = prob.value_grad_factor(L)
-    if not f > 0:
-        raise ValueError(
-            "every dissimilar pair has zero distance under init; MMC needs "
-            "dissimilar pairs that differ"
-        )
+    Z = (prob.whitened_diffs() if callback is None and max_iter > 0
+         and d <= _COMPILED_MAX_D
+         and dissimilar.n_pairs * d**2 <= _COMPILED_MAX_WORK else None)
+    f, G = (np.inf, None) if Z is not None else prob.value_grad_factor(L)
     history = []
 
     last_floored = -10
@@ -665,9 +673,6 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     stop = False
     compiled_gaps = []
     compiled_slow = False
-    Z = (prob.whitened_diffs() if callback is None and max_iter > 0
-         and d <= _COMPILED_MAX_D
-         and dissimilar.n_pairs * d**2 <= _COMPILED_MAX_WORK else None)
     if Z is not None:
         B = np.array(B, dtype=np.float64, order="C")
         hist = np.empty(max_iter)
@@ -680,6 +685,8 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
             for k in range(n_iter):
                 print(f"mmc exact iter {k + 1} (gradient): sum_D dist = "
                       f"{hist[k]:.12g}, relative gap = {gaps_c[k]:.3e}")
+        if status == 3:
+            _raise_no_dissimilar_distance()
         compiled_gaps = [g for g in gaps_c[:n_iter].tolist() if np.isfinite(g)]
         compiled_slow = status == 1 and n_iter < max_iter
         if status != 0:
@@ -692,6 +699,8 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
             f, G = prob.value_grad_factor(L)
             gap = measure(None)
     else:
+        if not f > 0:
+            _raise_no_dissimilar_distance()
         gap = measure(None)
 
     def report(phase):

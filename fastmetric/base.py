@@ -20,6 +20,7 @@ from ._mmc_common import (
     factor_dist_sum_and_grad,
     pair_sq_distances,
 )
+from ._numba.mmc import best_accuracy_cut
 from ._validation import (
     check_finite,
     check_indices,
@@ -353,24 +354,12 @@ class _PairsClassifierMixin(ClassifierMixin):
         scores = self.decision_function(pairs_valid)
         y_valid = check_pair_labels(y_valid, scores.shape[0], "y_valid")
         if strategy == "accuracy":
-            # Pairs count as similar when score >= c.  Candidates: every score
-            # and max + 1 (no pair similar); the largest best c wins.  Tied
-            # scores are classified alike: a cut may only fall where the
-            # sorted scores change.
-            n = scores.shape[0]
-            order = np.argsort(scores)
-            s_sorted = scores[order]
-            is_pos = y_valid[order] == 1
-            # cut k: pairs k.. similar.  tn(k) = negatives before k, tp(k) =
-            # positives from k on; k = n is "none similar".
-            neg_before = np.concatenate([[0], np.cumsum(~is_pos)])
-            pos_from = is_pos.sum() - np.concatenate([[0], np.cumsum(is_pos)])
-            correct = neg_before + pos_from
-            valid = np.ones(n + 1, dtype=bool)
-            valid[1:n] = s_sorted[1:] != s_sorted[:-1]
-            correct[~valid] = -1
-            k = n - int(np.argmax(correct[::-1]))
-            self.threshold_ = -float(s_sorted[k] if k < n else s_sorted[-1] + 1)
+            # Pairs count as similar when score >= c; c ranges over every
+            # score and max + 1 (no pair similar), the largest best c wins,
+            # and tied scores are classified alike.
+            c, _ = best_accuracy_cut(np.sort(scores[y_valid == 1]),
+                                     np.sort(scores[y_valid == -1]))
+            self.threshold_ = -float(c)
             return self
         if strategy == "f_beta":
             precision, recall, thresholds = precision_recall_curve(

@@ -278,3 +278,32 @@ def _fit_pairs(rng):
     idx = rng.integers(0, 60, size=(80, 2))
     idx = idx[idx[:, 0] != idx[:, 1]]
     return idx, np.where(y[idx[:, 0]] == y[idx[:, 1]], 1, -1)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_best_accuracy_cut_is_the_largest_best_threshold(seed):
+    from fastmetric._numba.mmc import best_accuracy_cut
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    scores = (rng.integers(-4, 4, n).astype(float) if seed % 2
+              else rng.normal(size=n))
+    y = rng.choice([-1, 1], size=n) if seed % 5 else np.full(n, seed % 3 - 1 or 1)
+    c, correct = best_accuracy_cut(np.sort(scores[y == 1]), np.sort(scores[y == -1]))
+    cands = np.r_[scores, scores.max() + 1]
+    acc = {cc: int(np.sum(np.where(scores >= cc, 1, -1) == y)) for cc in cands}
+    best = max(acc.values())
+    assert correct == best == acc[c]
+    assert c == max(cc for cc, v in acc.items() if v == best)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gather_diff_matches_numpy(dtype):
+    from fastmetric._numba.mmc import gather_diff
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 6)).astype(dtype)
+    i, j = rng.integers(0, 30, size=(2, 100)).astype(np.intp)
+    out = np.full((100, 6), np.nan)
+    gather_diff(X, i, j, out)
+    np.testing.assert_array_equal(out, X[i].astype(np.float64) - X[j])

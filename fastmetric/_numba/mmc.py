@@ -135,13 +135,16 @@ def spg_spectraplex(Z, B, max_iter, target, n_identical, patience, history,
         The gradient at the returned B.
     status : int
         0 certified, 1 out of iterations or patience, 2 stalled (no step of
-        at least 2^-20 of the projection passes the line search).
+        at least 2^-20 of the projection passes the line search), 3 every
+        distance is 0 at the start (nothing done).
     """
     n, d = Z.shape
     G = np.empty((d, d))
     G_new = np.empty((d, d))
     dists = np.empty(n)
     f = value_grad(Z, B, G, dists)
+    if not f > 0.0:
+        return 0, f, np.inf, G, 3
     gap = fw_gap(f, G, dists, n_identical)
     recent = np.full(10, f)
     gnorm = np.sqrt(np.sum(G * G))
@@ -298,3 +301,50 @@ def gather_sq_diff_t(X, i, j, out):
         for k in range(d):
             diff = np.float64(X[a, k]) - np.float64(X[b, k])
             out[k, p] = diff * diff
+
+
+@njit(nogil=True, cache=True)
+def gather_diff(X, i, j, out):
+    """``out[p] = X[i[p]] - X[j[p]]`` in float64."""
+    d = X.shape[1]
+    for p in range(i.size):
+        a = i[p]
+        b = j[p]
+        for k in range(d):
+            out[p, k] = np.float64(X[a, k]) - np.float64(X[b, k])
+
+
+@njit(nogil=True, cache=True)
+def best_accuracy_cut(pos, neg):
+    """The score cut ``c`` (pairs similar when ``score >= c``) of best accuracy.
+
+    ``pos`` and ``neg`` are the sorted (ascending) scores of the similar and
+    dissimilar pairs, not both empty.  Candidates are every score and
+    ``max + 1`` (no pair similar); among equally good cuts the largest wins.
+    Tied scores fall on the same side of every cut.
+
+    Returns
+    -------
+    c : float
+    correct : int
+        Pairs classified correctly at ``c``.
+    """
+    n_pos, n_neg = pos.size, neg.size
+    top = max(pos[n_pos - 1] if n_pos else -np.inf,
+              neg[n_neg - 1] if n_neg else -np.inf)
+    best_c = top + 1.0
+    best = n_neg
+    ip, jn = n_pos, n_neg  # pos[ip:] >= v and neg[jn:] >= v for the current v
+    while ip > 0 or jn > 0:
+        a = pos[ip - 1] if ip > 0 else -np.inf
+        b = neg[jn - 1] if jn > 0 else -np.inf
+        v = a if a > b else b
+        while ip > 0 and pos[ip - 1] == v:
+            ip -= 1
+        while jn > 0 and neg[jn - 1] == v:
+            jn -= 1
+        correct = (n_pos - ip) + jn
+        if correct > best:
+            best = correct
+            best_c = v
+    return best_c, best
