@@ -8,7 +8,9 @@ no validation here (the Python layer checks shapes and finiteness).
 """
 
 from cython cimport floating
-from libc.math cimport fabs, sqrt
+
+import numpy as np
+from libc.math cimport INFINITY, fabs, log, pow, sqrt
 from libc.stdlib cimport free, malloc
 from scipy.linalg.cython_blas cimport dgemm, dsyrk, sgemm, ssyrk
 from scipy.linalg.cython_lapack cimport (
@@ -497,3 +499,365 @@ def gaip_projections(double[:, ::1] A, const double[:, ::1] W,
     if info != 0:
         raise ArithmeticError(f"LAPACK eigendecomposition failed (info={info})")
     return bool(satisfied), rnd
+
+
+# ---------------------------------------------------------------------------
+# Spectral projected gradient for small exact-MMC problems
+# ---------------------------------------------------------------------------
+
+cdef enum:
+    SPG_ROWS = 2048
+cdef double DBL_EPS = 2.220446049250313e-16
+cdef double DBL_TINY = 2.2250738585072014e-308
+
+
+cdef double _spg_value_grad(int n, int d, const double *Z, const double *B,
+                            double *G, double *dists, double *Y) noexcept nogil:
+    """``f(B) = sum_p sqrt(z_p^T B z_p)``; ``G`` (d x d) gets its gradient.
+
+    ``Z`` row-major (n x d); ``Y`` a scratch block of SPG_ROWS x d.  Pairs at
+    distance 0 contribute nothing to ``G``.  ``G`` is symmetrised.
+    """
+    cdef int start, m, p, k, l
+    cdef char nn = b'N'
+    cdef char tt = b'T'
+    cdef double one = 1.0, zero = 0.0, beta
+    cdef double f = 0.0, s, dist, w, g
+    cdef const double *Zb
+    start = 0
+    while start < n:
+        m = n - start if n - start < SPG_ROWS else SPG_ROWS
+        Zb = Z + <Py_ssize_t> start * d
+        # column-major view: Zb is d x m; Y = B Zb (B symmetric)
+        dgemm(&nn, &nn, &d, &m, &d, &one, <double *> B, &d, <double *> Zb, &d,
+              &zero, Y, &d)
+        for p in range(m):
+            s = 0.0
+            for k in range(d):
+                s = s + Y[p * d + k] * Zb[p * d + k]
+            dist = sqrt(s) if s > 0 else 0.0
+            dists[start + p] = dist
+            f += dist
+            w = 0.5 / dist if dist > 0 else 0.0
+            for k in range(d):
+                Y[p * d + k] = Zb[p * d + k] * w
+        # G (+)= Y Zb^T in column-major terms: sum_p y_p z_p^T
+        beta = 0.0 if start == 0 else 1.0
+        dgemm(&nn, &tt, &d, &d, &m, &one, Y, &d, <double *> Zb, &d, &beta, G, &d)
+        start += m
+    if n == 0:
+        for k in range(d * d):
+            G[k] = 0.0
+    for k in range(d):
+        for l in range(k + 1, d):
+            g = 0.5 * (G[k * d + l] + G[l * d + k])
+            G[k * d + l] = g
+            G[l * d + k] = g
+    return f
+
+
+cdef double _spg_fw_gap(int n, int d, double f, const double *G,
+                        const double *dists, Py_ssize_t n_identical,
+                        double *a, double *w, int *info) noexcept nogil:
+    """Relative Frank-Wolfe gap ``(lambda_max(G) - f / 2) / f``, certified.
+
+    ``inf`` when a pair other than the ``n_identical`` pairs of identical
+    points sits at distance 0 (its term has no gradient there).
+    """
+    cdef Py_ssize_t zeros = 0, p
+    cdef int k
+    cdef double top
+    for p in range(n):
+        if dists[p] == 0.0:
+            zeros += 1
+    if zeros > n_identical:
+        return INFINITY
+    for k in range(d * d):
+        a[k] = G[k]
+    info[0] = _syevr_top(d, 1, a, w, <double *> NULL)
+    if info[0] != 0:
+        return INFINITY
+    top = w[0] - 0.5 * f
+    if top < 0:
+        top = 0.0
+    return top / (f if f > DBL_TINY else DBL_TINY)
+
+
+cdef void _capped_simplex(int d, const double *lam, double *out,
+                          double *u) noexcept nogil:
+    """Euclidean projection of ``lam`` onto ``{x >= 0, sum(x) <= 1}``."""
+    cdef int k, q
+    cdef double total = 0.0, css = 0.0, theta, cand, v
+    for k in range(d):
+        out[k] = lam[k] if lam[k] > 0 else 0.0
+        total += out[k]
+    if total <= 1.0:
+        return
+    # u: lam sorted in decreasing order (insertion sort; d is small here)
+    for k in range(d):
+        v = lam[k]
+        q = k
+        while q > 0 and u[q - 1] < v:
+            u[q] = u[q - 1]
+            q -= 1
+        u[q] = v
+    theta = u[0] - 1.0
+    for k in range(d):
+        css += u[k]
+        cand = (css - 1.0) / (k + 1)
+        if u[k] - cand > 0:
+            theta = cand
+    for k in range(d):
+        v = lam[k] - theta
+        out[k] = v if v > 0 else 0.0
+
+
+def spg_value_grad(const double[:, ::1] Z, const double[:, ::1] B,
+                   double[:, ::1] G, double[::1] dists):
+    """``f(B) = sum_p sqrt(z_p^T B z_p)``, its gradient into ``G`` and the distances.
+
+    Parameters
+    ----------
+    Z : ndarray of shape (n, d), float64
+        One difference per row.
+    B : ndarray of shape (d, d), symmetric PSD
+    G : ndarray of shape (d, d)
+        Receives ``sum_p z_p z_p^T / (2 dist_p)`` over pairs with
+        ``dist_p > 0`` (symmetric).
+    dists : ndarray of shape (n,)
+
+    Returns
+    -------
+    f : float
+    """
+    cdef int n = <int> Z.shape[0], d = <int> Z.shape[1]
+    cdef double f
+    cdef double *Y = <double *> malloc(SPG_ROWS * d * sizeof(double))
+    if Y == NULL:
+        raise MemoryError()
+    with nogil:
+        f = _spg_value_grad(n, d, &Z[0, 0] if n > 0 else NULL, &B[0, 0], &G[0, 0],
+                            &dists[0] if n > 0 else NULL, Y)
+    free(Y)
+    return f
+
+
+def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
+                    double target, Py_ssize_t n_identical, int patience,
+                    double[::1] history, double[::1] gaps):
+    """Maximise ``f(B) = sum_p sqrt(z_p^T B z_p)`` over ``{B PSD, trace B <= 1}``.
+
+    Spectral projected gradient, as the Python loop of
+    :func:`fastmetric._mmc_exact.solve_exact` runs it: Barzilai-Borwein
+    steps, projection by one eigendecomposition and a capped-simplex
+    projection of the eigenvalues, non-monotone Armijo backtracking over the
+    last 10 values, the Frank-Wolfe gap as the certificate.  For small
+    problems, where Python's per-iteration overhead would dominate.
+
+    Parameters
+    ----------
+    Z : ndarray of shape (n, d), float64
+        Whitened dissimilar differences.
+    B : ndarray of shape (d, d)
+        Start, on the spectraplex; overwritten with the last iterate.
+    max_iter : int
+    target : float
+        Stop once the certified relative gap is at most this.
+    n_identical : int
+        Pairs with ``z_p = 0``, which never invalidate the certificate.
+    patience : int (>= 8)
+        After this many iterations, stop when the linear rate of the gaps
+        predicts more than ``patience`` further iterations (the caller then
+        switches to Newton).
+    history, gaps : ndarray of shape (max_iter,)
+        Receive f and the gap after each iteration.
+
+    Returns
+    -------
+    n_iter : int
+    f : float
+    gap : float
+    G : ndarray of shape (d, d)
+        The gradient at the returned B.
+    status : int
+        0 certified, 1 out of iterations or patience, 2 stalled (no step of
+        at least 2^-20 of the projection passes the line search), 3 every
+        distance is 0 at the start (nothing done).
+    """
+    cdef int n = <int> Z.shape[0], d = <int> Z.shape[1]
+    cdef Py_ssize_t dd = <Py_ssize_t> d * d
+    cdef int n_iter = 0, status = 1, info = 0, k, q, c, r, slot
+    cdef double f, f_new, gap, alpha, gnorm, slope, ref, slack, step, sy, ss
+    cdef double diff, earlier, latest, rate, s
+    cdef char uplo = b'U'
+    cdef char trans = b'N'
+    cdef double one = 1.0, zero = 0.0
+    cdef const double *Zp = &Z[0, 0]
+    cdef double *Bp = &B[0, 0]
+    G_out = np.empty((d, d))
+    cdef double[:, ::1] G_view = G_out
+    cdef double *G = &G_view[0, 0]
+    cdef double *mem = <double *> malloc(
+        (7 * dd + 4 * d + n + SPG_ROWS * d + 10) * sizeof(double))
+    cdef double *G_new
+    cdef double *B_new
+    cdef double *direction
+    cdef double *a
+    cdef double *z
+    cdef double *trial
+    cdef double *lam
+    cdef double *proj
+    cdef double *u
+    cdef double *wtop
+    cdef double *dists
+    cdef double *Y
+    cdef double *recent
+    if mem == NULL:
+        raise MemoryError()
+    G_new = mem
+    B_new = G_new + dd
+    direction = B_new + dd
+    a = direction + dd
+    z = a + dd
+    trial = z + dd
+    # (one more dd block spare for the full eigendecomposition's workspace)
+    lam = trial + 2 * dd
+    proj = lam + d
+    u = proj + d
+    wtop = u + d
+    dists = wtop + d
+    Y = dists + n
+    recent = Y + SPG_ROWS * d
+    with nogil:
+        f = _spg_value_grad(n, d, Zp, Bp, G, dists, Y)
+        if not f > 0:
+            gap = INFINITY
+            status = 3
+        else:
+            gap = _spg_fw_gap(n, d, f, G, dists, n_identical, a, wtop, &info)
+            for k in range(10):
+                recent[k] = f
+            gnorm = 0.0
+            for k in range(dd):
+                gnorm += G[k] * G[k]
+            gnorm = sqrt(gnorm)
+            alpha = 1.0 / (gnorm if gnorm > DBL_TINY else DBL_TINY)
+            status = 0 if gap <= target else 1
+        while status == 1 and n_iter < max_iter and info == 0:
+            # trial = projection of B + alpha G onto the spectraplex
+            for k in range(d):
+                for q in range(d):
+                    a[q * d + k] = 0.5 * ((Bp[k * d + q] + alpha * G[k * d + q])
+                                          + (Bp[q * d + k] + alpha * G[q * d + k]))
+            info = _syevr(d, a, lam, z)
+            if info != 0:
+                break
+            _capped_simplex(d, lam, proj, u)
+            r = 0
+            for c in range(d):
+                if proj[c] > 0:
+                    s = sqrt(proj[c])
+                    for k in range(d):
+                        z[r * d + k] = z[c * d + k] * s
+                    r += 1
+            if r > 0:
+                dsyrk(&uplo, &trans, &d, &r, &one, z, &d, &zero, trial, &d)
+                for c in range(d):
+                    for k in range(c + 1):
+                        trial[k * d + c] = trial[c * d + k]
+            else:
+                for k in range(dd):
+                    trial[k] = 0.0
+            slope = 0.0
+            for k in range(dd):
+                direction[k] = trial[k] - Bp[k]
+                slope += G[k] * direction[k]
+            ref = recent[0]
+            for k in range(1, 10):
+                if recent[k] > ref:
+                    ref = recent[k]
+            slack = 8.0 * DBL_EPS * fabs(ref)
+            step = 1.0
+            while True:
+                for k in range(dd):
+                    B_new[k] = Bp[k] + step * direction[k] if step != 1.0 else trial[k]
+                f_new = _spg_value_grad(n, d, Zp, B_new, G_new, dists, Y)
+                if f_new >= ref + 1e-4 * step * slope - slack:
+                    break
+                step *= 0.5
+                if step < 9.5367431640625e-07:  # 2^-20
+                    status = 2
+                    break
+            if status == 2:
+                _spg_value_grad(n, d, Zp, Bp, G, dists, Y)  # B's distances back
+                break
+            sy = 0.0
+            ss = 0.0
+            for k in range(dd):
+                diff = B_new[k] - Bp[k]
+                sy -= diff * (G_new[k] - G[k])
+                ss += diff * diff
+            alpha = ss / sy if sy > 0 else 1e3 * alpha
+            gnorm = 0.0
+            for k in range(dd):
+                gnorm += G_new[k] * G_new[k]
+            gnorm = sqrt(gnorm)
+            if gnorm < 1e-300:
+                gnorm = 1e-300
+            if alpha < 1e-12 / gnorm:
+                alpha = 1e-12 / gnorm
+            if alpha > 1e12 / gnorm:
+                alpha = 1e12 / gnorm
+            for k in range(dd):
+                Bp[k] = B_new[k]
+                G[k] = G_new[k]
+            f = f_new
+            slot = n_iter % 10
+            recent[slot] = f
+            gap = _spg_fw_gap(n, d, f, G, dists, n_identical, a, wtop, &info)
+            history[n_iter] = f
+            gaps[n_iter] = gap
+            n_iter += 1
+            if gap <= target:
+                status = 0
+                break
+            if n_iter >= patience and gap < INFINITY:
+                earlier = gaps[n_iter - 8]
+                for k in range(n_iter - 7, n_iter - 5):
+                    if gaps[k] < earlier:
+                        earlier = gaps[k]
+                latest = gaps[n_iter - 3]
+                for k in range(n_iter - 2, n_iter):
+                    if gaps[k] < latest:
+                        latest = gaps[k]
+                if earlier > 0 and latest > 0:
+                    rate = pow(latest / earlier, 0.2)
+                    if rate >= 0.95 or log(target / gap) / log(rate) > patience:
+                        break
+    free(mem)
+    if info != 0:
+        raise ArithmeticError(f"LAPACK syevr failed (info={info})")
+    return n_iter, f, gap, G_out, status
+
+
+def capped_simplex(const double[::1] lam):
+    """Euclidean projection of ``lam`` onto ``{x >= 0, sum(x) <= 1}`` (test shim).
+
+    Parameters
+    ----------
+    lam : ndarray of shape (d,)
+
+    Returns
+    -------
+    ndarray of shape (d,)
+    """
+    cdef int d = <int> lam.shape[0]
+    out = np.empty(d)
+    cdef double[::1] o = out
+    cdef double *u = <double *> malloc((d + 1) * sizeof(double))
+    if u == NULL:
+        raise MemoryError()
+    if d > 0:
+        _capped_simplex(d, &lam[0], &o[0], u)
+    free(u)
+    return out

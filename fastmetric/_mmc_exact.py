@@ -12,6 +12,7 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 from scipy.linalg.blas import dsyrk
 
+from ._linalg import spg_spectraplex
 from ._mmc_common import (
     MMCResult,
     _eigh,
@@ -25,7 +26,7 @@ from ._mmc_common import (
     s_matrix,
     tolerance_floor,
 )
-from ._numba.mmc import gather_diff, spg_spectraplex
+from ._numba.mmc import gather_diff
 from ._threads import blas_threads
 
 

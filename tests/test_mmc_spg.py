@@ -9,20 +9,19 @@ import numpy as np
 import pytest
 
 import fastmetric._mmc_exact as exact
-from fastmetric import MMC
+from fastmetric import MMC, _linalg
 from fastmetric._mmc_common import _project_capped_simplex
-from fastmetric._numba.mmc import (
-    _ROWS,
-    fw_gap,
-    project_capped_simplex,
-    spg_spectraplex,
-    value_grad,
-)
 from fastmetric._reference import (
     mmc_exact_numpy,
     mmc_objective_numpy,
     sqrt_dist_sum_and_grad_numpy,
 )
+
+capped_simplex = _linalg.capped_simplex
+spg_spectraplex = _linalg.spg_spectraplex
+spg_value_grad = _linalg.spg_value_grad
+
+_ROWS = 2048  # rows per BLAS block in the compiled value pass (SPG_ROWS)
 
 
 def _psd(d, rank, seed):
@@ -41,7 +40,7 @@ def test_value_grad_matches_numpy(n, d, rank):
     B = _psd(d, rank, d)
     G = np.full((d, d), np.nan)
     dists = np.full(n, np.nan)
-    f = value_grad(Z, B, G, dists)
+    f = spg_value_grad(Z, B, G, dists)
     f_ref, G_ref = sqrt_dist_sum_and_grad_numpy(Z, B)
     assert f == pytest.approx(f_ref, rel=1e-12)
     np.testing.assert_allclose(G, G_ref, rtol=1e-10, atol=1e-12 * np.abs(G_ref).max())
@@ -51,26 +50,42 @@ def test_value_grad_matches_numpy(n, d, rank):
     assert np.all(dists[::5] == 0)
 
 
+def _gap_at(Z, B, n_identical):
+    """The certified gap spg_spectraplex reports at B without iterating."""
+    h, g = np.empty(1), np.empty(1)
+    n_iter, f, gap, G, status = spg_spectraplex(Z, B.copy(), 0, 1e-300,
+                                                n_identical, 8, h, g)
+    assert n_iter == 0
+    return f, gap, G
+
+
 def test_fw_gap_is_inf_when_a_moving_pair_collapses():
     rng = np.random.default_rng(0)
     Z = rng.normal(size=(50, 4))
     B = np.diag([1.0, 0, 0, 0])  # pairs along the other axes collapse
     Z[:3, 0] = 0.0
-    G = np.empty((4, 4))
-    dists = np.empty(50)
-    f = value_grad(Z, B, G, dists)
-    assert fw_gap(f, G, dists, 0) == np.inf
+    assert _gap_at(Z, B, 0)[1] == np.inf
     Z[:3] = 0.0  # now they are identical points, which never count
-    f = value_grad(Z, B, G, dists)
-    assert fw_gap(f, G, dists, 3) == pytest.approx(
-        (np.linalg.eigvalsh(G)[-1] - f / 2) / f)
+    f, gap, G = _gap_at(Z, B, 3)
+    assert gap == pytest.approx((np.linalg.eigvalsh(G)[-1] - f / 2) / f, rel=1e-12)
+    f_ref, G_ref = sqrt_dist_sum_and_grad_numpy(Z, B)
+    assert f == pytest.approx(f_ref, rel=1e-12)
+    np.testing.assert_allclose(G, G_ref, rtol=1e-12, atol=1e-14)
+
+
+def test_spg_reports_status_3_when_every_distance_is_zero():
+    Z = np.zeros((5, 3))
+    Z[:, 0] = 1.0
+    h, g = np.empty(10), np.empty(10)
+    out = spg_spectraplex(Z, np.diag([0.0, 0.5, 0.5]), 10, 1e-8, 0, 8, h, g)
+    assert out[0] == 0 and out[4] == 3
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_capped_simplex_matches_python(seed):
     rng = np.random.default_rng(seed)
     lam = rng.normal(scale=[0.1, 1.0, 10.0][seed % 3], size=1 + seed * 3)
-    out = project_capped_simplex(lam)
+    out = capped_simplex(lam)
     np.testing.assert_allclose(out, _project_capped_simplex(lam), atol=1e-15)
     assert out.min() >= 0 and out.sum() <= 1 + 1e-12
 
