@@ -743,7 +743,7 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
             gnorm = sqrt(gnorm)
             alpha = 1.0 / (gnorm if gnorm > DBL_TINY else DBL_TINY)
             status = 0 if gap <= target else 1
-        while status == 1 and n_iter < max_iter and info == 0:
+        while status == 1 and gap < INFINITY and n_iter < max_iter and info == 0:
             # trial = projection of B + alpha G onto the spectraplex
             for k in range(d):
                 for q in range(d):
@@ -821,7 +821,11 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
             if gap <= target:
                 status = 0
                 break
-            if n_iter >= patience and gap < INFINITY:
+            if gap == INFINITY:
+                # a moving pair at distance 0: the floored certificate and
+                # Newton of the Python loop take over
+                break
+            if n_iter >= patience:
                 earlier = gaps[n_iter - 8]
                 for k in range(n_iter - 7, n_iter - 5):
                     if gaps[k] < earlier:

@@ -316,6 +316,7 @@ _COMPILED_MAX_WORK = 5e5  # n_pairs d^2 (one pass; beyond it the pair kernels wi
 # The compiled loop hands over to the Python loop (and its Newton rounds) once
 # its linear rate predicts more than this many further iterations.
 _COMPILED_PATIENCE = 12
+_COMPILED_MAX_ITER = 10_000
 
 
 def _factor_derivatives(prob, L, G):
@@ -676,10 +677,12 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     compiled_slow = False
     if Z is not None:
         B = np.array(B, dtype=np.float64, order="C")
-        hist = np.empty(max_iter)
-        gaps_c = np.empty(max_iter)
+        # (the compiled loop hands over long before this many iterations)
+        budget = min(max_iter, _COMPILED_MAX_ITER)
+        hist = np.empty(budget)
+        gaps_c = np.empty(budget)
         n_iter, f, gap, G, status = spg_spectraplex(
-            Z, B, max_iter, target, prob.n_identical, _COMPILED_PATIENCE,
+            Z, B, budget, target, prob.n_identical, _COMPILED_PATIENCE,
             hist, gaps_c)
         history.extend(hist[:n_iter].tolist())
         if verbose:
@@ -689,7 +692,7 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         if status == 3:
             _raise_no_dissimilar_distance()
         compiled_gaps = [g for g in gaps_c[:n_iter].tolist() if np.isfinite(g)]
-        compiled_slow = status == 1 and n_iter < max_iter
+        compiled_slow = status == 1 and n_iter < max_iter and np.isfinite(gap)
         if status != 0:
             # Not certified: the Python loop (floored certificate, Newton on
             # the factor) carries on from here, with B's factor.

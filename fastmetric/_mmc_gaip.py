@@ -55,6 +55,8 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
         ``objective`` is J(A) (see :func:`mmc_objective`).
     """
     eps_proj = 0.01
+    # (a C int: 2^31 - 1 rounds are as good as unbounded)
+    proj_budget = int(min(max_proj, 2**31 - 1))
     A = np.array(A0, dtype=np.float64, order="C")
     w = s_matrix(similar, n_threads)
     t = float(np.sum(w * A)) / 100.0
@@ -83,7 +85,7 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
     delta = np.inf
     cycle = 0
     for cycle in range(max_iter):
-        satisfy, _ = _linalg.gaip_projections(A, w, w1, t, t1, max_proj, eps_proj,
+        satisfy, _ = _linalg.gaip_projections(A, w, w1, t, t1, proj_budget, eps_proj,
                                               c1_project_cfunc.address)
         obj, grad_d = fd_and_grad(A)
         if satisfy and (obj > obj_old or cycle == 0):

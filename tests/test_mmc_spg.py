@@ -322,3 +322,38 @@ def test_gather_diff_matches_numpy(dtype):
     out = np.full((100, 6), np.nan)
     gather_diff(X, i, j, out)
     np.testing.assert_array_equal(out, X[i].astype(np.float64) - X[j])
+
+
+def test_tiny_dissimilar_difference_does_not_crash_the_diagonal_solver():
+    X, sim, dis = _whitened_problem(3, 100, 7)
+    X = np.vstack([X, X[:1]])
+    X[-1, 0] += 1e-120  # a dissimilar pair whose s^1.5 underflows
+    pairs = np.concatenate([sim, dis, [[0, len(X) - 1]]])
+    labels = np.r_[np.ones(len(sim)), -np.ones(len(dis) + 1)]
+    with np.errstate(all="ignore"):
+        model = MMC(preprocessor=X, diagonal=True, n_jobs=1).fit(pairs, labels)
+    assert np.all(np.isfinite(model.A_))
+
+
+@pytest.mark.parametrize("kw", [{"max_iter": 2**31}, {"max_iter": 10**10},
+                                {"solver": "ga-ip", "max_proj": 2**31}])
+def test_huge_iteration_budgets_are_accepted(kw):
+    X, sim, dis = _whitened_problem(4, 100, 8)
+    pairs = np.concatenate([sim, dis])
+    labels = np.r_[np.ones(len(sim)), -np.ones(len(dis))]
+    model = MMC(preprocessor=X, n_jobs=1, **kw).fit(pairs, labels)
+    assert model.converged_
+
+
+def test_collapsed_moving_pair_hands_over_from_the_compiled_loop():
+    # One dissimilar pair 1e-160 apart: its squared distance underflows, the
+    # Frank-Wolfe gap is inf, and the Python loop's floored certificate must
+    # take over instead of the compiled loop spending max_iter.
+    X, sim, dis = _whitened_problem(4, 200, 9)
+    X = np.vstack([X, X[:1]])
+    X[-1, 1] += 1e-160
+    pairs = np.concatenate([sim, dis, [[0, len(X) - 1]]])
+    labels = np.r_[np.ones(len(sim)), -np.ones(len(dis) + 1)]
+    with np.errstate(all="ignore"):
+        model = MMC(preprocessor=X, n_jobs=1, max_iter=1000).fit(pairs, labels)
+    assert model.converged_ and model.n_iter_ < 200

@@ -37,7 +37,7 @@ def diag_dist_sum_cached(Qt, w):
     return f
 
 
-@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def diag_derivs_cached(Qt, w, grad, hdiag, c2):
     """``f = sum_p dist_p``, its gradient and the diagonal of minus its Hessian.
 
@@ -69,7 +69,7 @@ def diag_derivs_cached(Qt, w, grad, hdiag, c2):
             dist = np.sqrt(s[p])
             f += dist
             a[p] = 0.5 / dist
-            c2[p] = 0.25 / (s[p] * dist)
+            c2[p] = 2.0 * a[p] * a[p] * a[p]  # 1 / (4 dist^3), no s^1.5 underflow
         else:
             a[p] = 0.0
             c2[p] = 0.0
