@@ -367,6 +367,37 @@ def syrk(const floating[:, ::1] a, floating[:, ::1] out):
                 out[r, c] = out[c, r]
 
 
+cdef int _rebuild_from_eigenpairs(int n, int m, const double *weights, double *z,
+                                  double *tmp, double *out) noexcept nogil:
+    """``out = sum_{c: weights[c] > 0} weights[c] z_c z_c^T`` (n x n, both triangles).
+
+    ``z`` (column-major, m eigenvectors) is overwritten: the kept vectors,
+    scaled by sqrt(weight), are packed to the front for one ``syrk`` into
+    ``tmp``.  Returns how many were kept.
+    """
+    cdef int c, r, kept = 0
+    cdef double s
+    cdef char uplo = b'U'
+    cdef char trans = b'N'
+    cdef double one = 1.0, zero = 0.0
+    for c in range(m):
+        if weights[c] > 0:
+            s = sqrt(weights[c])
+            for r in range(n):
+                z[kept * n + r] = z[c * n + r] * s
+            kept += 1
+    if kept == 0:
+        for r in range(n * n):
+            out[r] = 0
+        return 0
+    dsyrk(&uplo, &trans, &n, &kept, &one, z, &n, &zero, tmp, &n)
+    for c in range(n):
+        for r in range(c + 1):
+            out[r * n + c] = tmp[c * n + r]
+            out[c * n + r] = tmp[c * n + r]
+    return kept
+
+
 cdef int _psd_clip_rank_bounded(int n, int k, const double *A, double *a,
                                 double *w, double *z, double *out,
                                 int *rank) noexcept nogil:
@@ -378,11 +409,8 @@ cdef int _psd_clip_rank_bounded(int n, int k, const double *A, double *a,
     decomposition is taken instead.  ``rank`` receives the number of positive
     eigenvalues kept.  Returns LAPACK's ``info``.
     """
-    cdef int r, c, info = -1, m, kept
-    cdef double s, top
-    cdef char uplo = b'U'
-    cdef char trans = b'N'
-    cdef double one = 1.0, zero = 0.0
+    cdef int r, c, info = -1, m
+    cdef double top
     if k < n:
         for r in range(n):
             for c in range(n):
@@ -401,24 +429,8 @@ cdef int _psd_clip_rank_bounded(int n, int k, const double *A, double *a,
         m = n
     if info != 0:
         return info
-    # Positive eigenpairs, scaled by sqrt(lambda), packed to the front.
-    kept = 0
-    for c in range(m):
-        if w[c] > 0:
-            s = sqrt(w[c])
-            for r in range(n):
-                z[kept * n + r] = z[c * n + r] * s
-            kept += 1
-    rank[0] = kept
-    if kept == 0:
-        for r in range(n * n):
-            out[r] = 0
-        return 0
-    dsyrk(&uplo, &trans, &n, &kept, &one, z, &n, &zero, a, &n)
-    for c in range(n):
-        for r in range(c + 1):
-            out[r * n + c] = a[c * n + r]
-            out[c * n + r] = a[c * n + r]
+    # a is free again: the syrk's scratch
+    rank[0] = _rebuild_from_eigenpairs(n, m, w, z, a, out)
     return 0
 
 
@@ -686,12 +698,9 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
     """
     cdef int n = <int> Z.shape[0], d = <int> Z.shape[1]
     cdef Py_ssize_t dd = <Py_ssize_t> d * d
-    cdef int n_iter = 0, status = 1, info = 0, k, q, c, r, slot
+    cdef int n_iter = 0, status = 1, info = 0, k, q, slot
     cdef double f, f_new, gap, alpha, gnorm, slope, ref, slack, step, sy, ss
-    cdef double diff, earlier, latest, rate, s
-    cdef char uplo = b'U'
-    cdef char trans = b'N'
-    cdef double one = 1.0, zero = 0.0
+    cdef double diff, earlier, latest, rate
     cdef const double *Zp = &Z[0, 0]
     cdef double *Bp = &B[0, 0]
     G_out = np.empty((d, d))
@@ -753,21 +762,7 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
             if info != 0:
                 break
             _capped_simplex(d, lam, proj, u)
-            r = 0
-            for c in range(d):
-                if proj[c] > 0:
-                    s = sqrt(proj[c])
-                    for k in range(d):
-                        z[r * d + k] = z[c * d + k] * s
-                    r += 1
-            if r > 0:
-                dsyrk(&uplo, &trans, &d, &r, &one, z, &d, &zero, trial, &d)
-                for c in range(d):
-                    for k in range(c + 1):
-                        trial[k * d + c] = trial[c * d + k]
-            else:
-                for k in range(dd):
-                    trial[k] = 0.0
+            _rebuild_from_eigenpairs(d, d, proj, z, a, trial)
             slope = 0.0
             for k in range(dd):
                 direction[k] = trial[k] - Bp[k]
