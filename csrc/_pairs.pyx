@@ -1,14 +1,19 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
 """Pair kernels: Mahalanobis distances and weighted outer-product sums over index pairs.
 
-Every kernel takes the data ``X`` (n x d, C-contiguous), two index arrays
-``i`` and ``j`` naming the pairs ``(X[i[p]], X[j[p]])``, and writes into
-outputs the caller allocated.  Pairs are processed in blocks of at most
-``BLOCK`` rows: the differences of one block are gathered into a per-thread
-buffer and handed to BLAS level 3 (``gemm`` for ``Delta A``, ``syrk`` for
-``Delta^T W Delta``), so memory stays O(threads x (BLOCK x d + d x d)) whatever
-the number of pairs.  Blocks are spread over ``num_threads`` OpenMP threads,
-each accumulating into its own d x d buffer; the buffers are summed at the end.
+Every kernel takes the data ``X`` (n x d, C-contiguous, float32 or float64),
+two index arrays ``i`` and ``j`` naming the pairs ``(X[i[p]], X[j[p]])``, and
+writes into float64 outputs the caller allocated.  ``X`` is read in its own
+dtype; differences, parameters (``A``, ``K``, weights) and every sum are
+float64, so a float32 data set defines its problem exactly and the solvers'
+certificates hold for it (float32 sums of many pairs would not: their
+rounding exceeds the optimality targets).  Pairs are processed in blocks of
+at most ``BLOCK`` rows: the differences of one block are gathered into a
+per-thread buffer and handed to BLAS level 3 (``dgemm`` for ``Delta A``,
+``dsyrk`` for ``Delta^T W Delta``), so memory stays
+O(threads x (BLOCK x d + d x d)) whatever the number of pairs.  Blocks are
+spread over ``num_threads`` OpenMP threads, each accumulating into its own
+d x d buffer; the buffers are summed at the end.
 
 This module does no validation: bounds checks are off, so the Python layer
 must check shapes, dtypes, index ranges and finiteness before calling.
@@ -19,60 +24,57 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
-from scipy.linalg.cython_blas cimport dgemm, dsyrk, sgemm, ssyrk
+from scipy.linalg.cython_blas cimport dgemm, dsyrk
 
 cdef Py_ssize_t BLOCK = 256
 
 
-cdef inline void _gemm_nn(int m, int n, int k, floating *a, int lda,
-                          floating *b, int ldb, floating *c, int ldc) noexcept nogil:
+cdef inline void _gemm_nn(int m, int n, int k, double *a, int lda,
+                          double *b, int ldb, double *c, int ldc) noexcept nogil:
     """Column-major ``c = a @ b`` with a (m x k), b (k x n)."""
     cdef char trans = b'N'
-    cdef floating one = 1.0
-    cdef floating zero = 0.0
-    if floating is double:
-        dgemm(&trans, &trans, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc)
-    else:
-        sgemm(&trans, &trans, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc)
+    cdef double one = 1.0
+    cdef double zero = 0.0
+    dgemm(&trans, &trans, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc)
 
 
-cdef inline void _syrk_acc(int n, int k, floating *a, int lda,
-                           floating *c, int ldc) noexcept nogil:
+cdef inline void _syrk_acc(int n, int k, double *a, int lda,
+                           double *c, int ldc) noexcept nogil:
     """Column-major ``c[upper] += a @ a.T`` with a (n x k)."""
     cdef char uplo = b'U'
     cdef char trans = b'N'
-    cdef floating one = 1.0
-    if floating is double:
-        dsyrk(&uplo, &trans, &n, &k, &one, a, &lda, &one, c, &ldc)
-    else:
-        ssyrk(&uplo, &trans, &n, &k, &one, a, &lda, &one, c, &ldc)
+    cdef double one = 1.0
+    dsyrk(&uplo, &trans, &n, &k, &one, a, &lda, &one, c, &ldc)
 
 
 cdef inline void _gather(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                          const Py_ssize_t[::1] j, Py_ssize_t start, Py_ssize_t stop,
-                         floating *buf) noexcept nogil:
-    """Write rows ``X[i[p]] - X[j[p]]`` for p in [start, stop) into buf (row-major)."""
+                         double *buf) noexcept nogil:
+    """Write rows ``X[i[p]] - X[j[p]]`` for p in [start, stop) into buf (row-major).
+
+    The difference is taken in float64 (exact for float32 data).
+    """
     cdef Py_ssize_t d = X.shape[1]
     cdef Py_ssize_t p, k, a, b
-    cdef floating *row
+    cdef double *row
     for p in range(start, stop):
         a = i[p]
         b = j[p]
         row = buf + (p - start) * d
         for k in range(d):
-            row[k] = X[a, k] - X[b, k]
+            row[k] = <double> X[a, k] - <double> X[b, k]
 
 
-cdef inline void _block_sq_dists(floating *diff, floating *tmp, const floating *A,
-                                 int nb, int d, floating *out) noexcept nogil:
+cdef inline void _block_sq_dists(double *diff, double *tmp, const double *A,
+                                 int nb, int d, double *out) noexcept nogil:
     """Squared distances ``out[p] = diff[p] @ A @ diff[p]`` for the nb rows of a block.
 
     Row-major diff (nb x d) is column-major diff.T; row-major A is column-major
     A.T, so gemm gives column-major (A.T @ diff.T) = row-major diff @ A.
     """
     cdef int p, k
-    cdef floating acc
-    _gemm_nn(d, nb, d, <floating *> A, d, diff, d, tmp, d)
+    cdef double acc
+    _gemm_nn(d, nb, d, <double *> A, d, diff, d, tmp, d)
     for p in range(nb):
         acc = 0
         for k in range(d):
@@ -81,11 +83,11 @@ cdef inline void _block_sq_dists(floating *diff, floating *tmp, const floating *
         out[p] = acc if acc > 0 else 0
 
 
-cdef inline void _symmetrize_sum(floating *acc, Py_ssize_t n_acc, int d,
-                                 floating[:, ::1] out) noexcept nogil:
+cdef inline void _symmetrize_sum(double *acc, Py_ssize_t n_acc, int d,
+                                 double[:, ::1] out) noexcept nogil:
     """out = sum of the n_acc column-major upper triangles in acc, made symmetric."""
     cdef Py_ssize_t t, r, c
-    cdef floating s
+    cdef double s
     for c in range(d):
         for r in range(c + 1):
             s = 0
@@ -96,18 +98,18 @@ cdef inline void _symmetrize_sum(floating *acc, Py_ssize_t n_acc, int d,
 
 
 def pair_sq_dists(const floating[:, ::1] X, const Py_ssize_t[::1] i,
-                  const Py_ssize_t[::1] j, const floating[:, ::1] A,
-                  floating[::1] out, int num_threads=1):
+                  const Py_ssize_t[::1] j, const double[:, ::1] A,
+                  double[::1] out, int num_threads=1):
     """Squared Mahalanobis distances of index pairs.
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : ndarray of shape (n_samples, n_features), float32 or float64
     i, j : ndarray of intp, shape (n_pairs,)
         Row indices of the two points of each pair.
-    A : ndarray of shape (n_features, n_features)
+    A : ndarray of shape (n_features, n_features), float64
         The Mahalanobis matrix; assumed PSD (negative rounding is clamped to 0).
-    out : ndarray of shape (n_pairs,)
+    out : ndarray of shape (n_pairs,), float64
         Receives ``(X[i] - X[j]) @ A @ (X[i] - X[j])`` for every pair.
     num_threads : int
     """
@@ -115,13 +117,12 @@ def pair_sq_dists(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef int d = <int> X.shape[1]
     cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
     cdef Py_ssize_t blk, start, stop
-    cdef int tid
-    cdef floating *diff
-    cdef floating *tmp
+    cdef double *diff
+    cdef double *tmp
     if n_pairs == 0:
         return
     with nogil, parallel(num_threads=num_threads):
-        diff = <floating *> malloc(2 * BLOCK * d * sizeof(floating))
+        diff = <double *> malloc(2 * BLOCK * d * sizeof(double))
         tmp = diff + BLOCK * d
         for blk in prange(n_blocks, schedule='static'):
             start = blk * BLOCK
@@ -134,37 +135,37 @@ def pair_sq_dists(const floating[:, ::1] X, const Py_ssize_t[::1] i,
 
 
 def pair_sq_dists_diag(const floating[:, ::1] X, const Py_ssize_t[::1] i,
-                       const Py_ssize_t[::1] j, const floating[::1] w,
-                       floating[::1] out, int num_threads=1):
+                       const Py_ssize_t[::1] j, const double[::1] w,
+                       double[::1] out, int num_threads=1):
     """Squared weighted Euclidean distances ``sum_k w[k] (X[i,k] - X[j,k])**2``.
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : ndarray of shape (n_samples, n_features), float32 or float64
     i, j : ndarray of intp, shape (n_pairs,)
-    w : ndarray of shape (n_features,)
+    w : ndarray of shape (n_features,), float64
         Non-negative feature weights (the diagonal of A).
-    out : ndarray of shape (n_pairs,)
+    out : ndarray of shape (n_pairs,), float64
     num_threads : int
     """
     cdef Py_ssize_t n_pairs = i.shape[0]
     cdef Py_ssize_t d = X.shape[1]
     cdef Py_ssize_t p, k, a, b
-    cdef floating acc, diff
+    cdef double acc, diff
     with nogil:
         for p in prange(n_pairs, schedule='static', num_threads=num_threads):
             a = i[p]
             b = j[p]
             acc = 0
             for k in range(d):
-                diff = X[a, k] - X[b, k]
+                diff = <double> X[a, k] - <double> X[b, k]
                 acc = acc + w[k] * diff * diff
             out[p] = acc
 
 
 def weighted_outer_sum(const floating[:, ::1] X, const Py_ssize_t[::1] i,
-                       const Py_ssize_t[::1] j, const floating[::1] weights,
-                       floating[:, ::1] out, int num_threads=1):
+                       const Py_ssize_t[::1] j, const double[::1] weights,
+                       double[:, ::1] out, int num_threads=1):
     """Weighted sum of difference outer products ``sum_p w_p D_p D_p^T``.
 
     With ``D_p = X[i[p]] - X[j[p]]``.  Each block is scaled by ``sqrt(w_p)`` and
@@ -172,11 +173,11 @@ def weighted_outer_sum(const floating[:, ::1] X, const Py_ssize_t[::1] i,
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : ndarray of shape (n_samples, n_features), float32 or float64
     i, j : ndarray of intp, shape (n_pairs,)
-    weights : ndarray of shape (n_pairs,) or (0,)
+    weights : ndarray of shape (n_pairs,) or (0,), float64
         Non-negative pair weights; an empty array means all ones.
-    out : ndarray of shape (n_features, n_features)
+    out : ndarray of shape (n_features, n_features), float64
         Overwritten with the (symmetric) sum.
     num_threads : int
     """
@@ -187,15 +188,15 @@ def weighted_outer_sum(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef int nt = num_threads if num_threads > 0 else 1
     cdef int tid
     cdef bint unweighted = weights.shape[0] == 0
-    cdef floating s
-    cdef floating *diff
-    cdef floating *acc = <floating *> malloc(nt * d * d * sizeof(floating))
+    cdef double s
+    cdef double *diff
+    cdef double *acc = <double *> malloc(nt * d * d * sizeof(double))
     if acc == NULL:
         raise MemoryError()
-    memset(acc, 0, nt * d * d * sizeof(floating))
+    memset(acc, 0, nt * d * d * sizeof(double))
     with nogil, parallel(num_threads=nt):
         tid = threadid()
-        diff = <floating *> malloc(BLOCK * d * sizeof(floating))
+        diff = <double *> malloc(BLOCK * d * sizeof(double))
         for blk in prange(n_blocks, schedule='static'):
             start = blk * BLOCK
             stop = start + BLOCK
@@ -214,8 +215,8 @@ def weighted_outer_sum(const floating[:, ::1] X, const Py_ssize_t[::1] i,
 
 
 def sqrt_dist_sum_grad(const floating[:, ::1] X, const Py_ssize_t[::1] i,
-                       const Py_ssize_t[::1] j, const floating[:, ::1] A,
-                       floating[:, ::1] grad, double eps=0.0, int num_threads=1):
+                       const Py_ssize_t[::1] j, const double[:, ::1] A,
+                       double[:, ::1] grad, double eps=0.0, int num_threads=1):
     """Sum of Mahalanobis distances and its gradient with respect to A, in one pass.
 
     Computes ``f = sum_p sqrt(q_p)`` with ``q_p = D_p^T A D_p`` and
@@ -225,10 +226,10 @@ def sqrt_dist_sum_grad(const floating[:, ::1] X, const Py_ssize_t[::1] i,
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : ndarray of shape (n_samples, n_features), float32 or float64
     i, j : ndarray of intp, shape (n_pairs,)
-    A : ndarray of shape (n_features, n_features), PSD
-    grad : ndarray of shape (n_features, n_features)
+    A : ndarray of shape (n_features, n_features), float64, PSD
+    grad : ndarray of shape (n_features, n_features), float64
         Overwritten with the gradient.
     eps : float
         Added to each distance in the gradient's denominator.
@@ -237,7 +238,7 @@ def sqrt_dist_sum_grad(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     Returns
     -------
     f : float
-        ``sum_p sqrt(q_p)`` (accumulated in double precision).
+        ``sum_p sqrt(q_p)``.
     """
     cdef Py_ssize_t n_pairs = i.shape[0]
     cdef int d = <int> X.shape[1]
@@ -247,17 +248,17 @@ def sqrt_dist_sum_grad(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef int nt = num_threads if num_threads > 0 else 1
     cdef int tid
     cdef double dist, total = 0.0
-    cdef floating s
-    cdef floating *diff
-    cdef floating *tmp
-    cdef floating *q
-    cdef floating *acc = <floating *> malloc(nt * d * d * sizeof(floating))
+    cdef double s
+    cdef double *diff
+    cdef double *tmp
+    cdef double *q
+    cdef double *acc = <double *> malloc(nt * d * d * sizeof(double))
     if acc == NULL:
         raise MemoryError()
-    memset(acc, 0, nt * d * d * sizeof(floating))
+    memset(acc, 0, nt * d * d * sizeof(double))
     with nogil, parallel(num_threads=nt):
         tid = threadid()
-        diff = <floating *> malloc((2 * BLOCK * d + BLOCK) * sizeof(floating))
+        diff = <double *> malloc((2 * BLOCK * d + BLOCK) * sizeof(double))
         tmp = diff + BLOCK * d
         q = tmp + BLOCK * d
         for blk in prange(n_blocks, schedule='static'):
@@ -269,10 +270,10 @@ def sqrt_dist_sum_grad(const floating[:, ::1] X, const Py_ssize_t[::1] i,
             _gather(X, i, j, start, stop, diff)
             _block_sq_dists(diff, tmp, &A[0, 0], nb, d, q)
             for p in range(nb):
-                dist = sqrt(<double> q[p])
+                dist = sqrt(q[p])
                 total += dist
                 if dist + eps > 0:
-                    s = <floating> sqrt(0.5 / (dist + eps))
+                    s = sqrt(0.5 / (dist + eps))
                 else:
                     s = 0
                 for k in range(d):
@@ -285,8 +286,8 @@ def sqrt_dist_sum_grad(const floating[:, ::1] X, const Py_ssize_t[::1] i,
 
 
 def diag_sqrt_dist_derivs(const floating[:, ::1] X, const Py_ssize_t[::1] i,
-                          const Py_ssize_t[::1] j, const floating[::1] w,
-                          floating[::1] grad, floating[:, ::1] hess,
+                          const Py_ssize_t[::1] j, const double[::1] w,
+                          double[::1] grad, double[:, ::1] hess,
                           int num_threads=1):
     """Sum of weighted Euclidean distances with first and second derivatives.
 
@@ -297,12 +298,12 @@ def diag_sqrt_dist_derivs(const floating[:, ::1] X, const Py_ssize_t[::1] i,
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : ndarray of shape (n_samples, n_features), float32 or float64
     i, j : ndarray of intp, shape (n_pairs,)
-    w : ndarray of shape (n_features,), non-negative
-    grad : ndarray of shape (n_features,)
+    w : ndarray of shape (n_features,), float64, non-negative
+    grad : ndarray of shape (n_features,), float64
         Overwritten with the gradient of f.
-    hess : ndarray of shape (n_features, n_features)
+    hess : ndarray of shape (n_features, n_features), float64
         Overwritten with minus the Hessian of f.
     num_threads : int
 
@@ -319,17 +320,17 @@ def diag_sqrt_dist_derivs(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef int tid
     cdef double dist, total = 0.0
     cdef double q
-    cdef floating s, g
-    cdef floating *u
-    cdef floating *gacc = <floating *> malloc(nt * d * (d + 1) * sizeof(floating))
-    cdef floating *hacc
+    cdef double s, g
+    cdef double *u
+    cdef double *gacc = <double *> malloc(nt * d * (d + 1) * sizeof(double))
+    cdef double *hacc
     if gacc == NULL:
         raise MemoryError()
     hacc = gacc + nt * d
-    memset(gacc, 0, nt * d * (d + 1) * sizeof(floating))
+    memset(gacc, 0, nt * d * (d + 1) * sizeof(double))
     with nogil, parallel(num_threads=nt):
         tid = threadid()
-        u = <floating *> malloc(BLOCK * d * sizeof(floating))
+        u = <double *> malloc(BLOCK * d * sizeof(double))
         for blk in prange(n_blocks, schedule='static'):
             start = blk * BLOCK
             stop = start + BLOCK
@@ -345,14 +346,17 @@ def diag_sqrt_dist_derivs(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                 dist = sqrt(q)
                 total += dist
                 if dist > 0:
-                    g = <floating> (0.5 / dist)
-                    s = <floating> sqrt(0.25 / (dist * q))
+                    g = 0.5 / dist
+                    # rows u / (2 dist^1.5) as (u / dist) * (0.5 / sqrt(dist)):
+                    # dist^1.5 and dist^3 underflow for tiny distances, u / dist
+                    # does not (u_k <= dist^2 / w_k)
+                    s = 0.5 / sqrt(dist)
                 else:
                     g = 0
                     s = 0
                 for k in range(d):
                     gacc[tid * d + k] += g * u[p * d + k]
-                    u[p * d + k] = u[p * d + k] * s
+                    u[p * d + k] = (u[p * d + k] * (2.0 * g)) * s
             _syrk_acc(d, nb, u, d, hacc + tid * d * d, d)
         free(u)
     for k in range(d):
@@ -366,38 +370,32 @@ def diag_sqrt_dist_derivs(const floating[:, ::1] X, const Py_ssize_t[::1] i,
 
 
 def sq_diff_sum(const floating[:, ::1] X, const Py_ssize_t[::1] i,
-                const Py_ssize_t[::1] j, floating[::1] out):
+                const Py_ssize_t[::1] j, double[::1] out):
     """Per-feature sum of squared differences ``sum_p (X[i[p]] - X[j[p]])**2``.
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : ndarray of shape (n_samples, n_features), float32 or float64
     i, j : ndarray of intp, shape (n_pairs,)
-    out : ndarray of shape (n_features,)
-        Overwritten with the sums (accumulated in double precision).
+    out : ndarray of shape (n_features,), float64
+        Overwritten with the sums.
     """
     cdef Py_ssize_t n_pairs = i.shape[0]
     cdef Py_ssize_t d = X.shape[1]
     cdef Py_ssize_t p, k
     cdef double diff
-    cdef double *acc = <double *> malloc(d * sizeof(double))
-    if acc == NULL:
-        raise MemoryError()
     with nogil:
         for k in range(d):
-            acc[k] = 0
+            out[k] = 0
         for p in range(n_pairs):
             for k in range(d):
-                diff = X[i[p], k] - X[j[p], k]
-                acc[k] += diff * diff
-        for k in range(d):
-            out[k] = <floating> acc[k]
-    free(acc)
+                diff = <double> X[i[p], k] - <double> X[j[p], k]
+                out[k] += diff * diff
 
 
 def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
-                              const Py_ssize_t[::1] j, const floating[:, ::1] K,
-                              floating[:, ::1] grad, floating[::1] dists,
+                              const Py_ssize_t[::1] j, const double[:, ::1] K,
+                              double[:, ::1] grad, double[::1] dists,
                               int num_threads=1):
     """:func:`sqrt_dist_sum_grad` for ``A = K K^T``, with the per-pair distances.
 
@@ -410,21 +408,21 @@ def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : ndarray of shape (n_samples, n_features), float32 or float64
     i, j : ndarray of intp, shape (n_pairs,)
-    K : ndarray of shape (n_features, rank)
+    K : ndarray of shape (n_features, rank), float64
         The factor of the Mahalanobis matrix, ``A = K @ K.T``; rank >= 1.
-    grad : ndarray of shape (n_features, n_features) or (0, 0)
+    grad : ndarray of shape (n_features, n_features) or (0, 0), float64
         Overwritten with ``sum_p D_p D_p^T / (2 ||K^T D_p||)``; an empty array
         skips the gradient (a value-only pass, 2 n d r flops).
-    dists : ndarray of shape (n_pairs,) or (0,)
+    dists : ndarray of shape (n_pairs,) or (0,), float64
         Receives ``||K^T D_p||`` for every pair; an empty array skips that.
     num_threads : int
 
     Returns
     -------
     f : float
-        ``sum_p ||K^T D_p||`` (accumulated in double precision).
+        ``sum_p ||K^T D_p||``.
     """
     cdef Py_ssize_t n_pairs = i.shape[0]
     cdef int d = <int> X.shape[1]
@@ -437,16 +435,16 @@ def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef bint keep = dists.shape[0] > 0
     cdef bint want_grad = grad.shape[0] > 0
     cdef double dist, total = 0.0
-    cdef floating s, acc_q
-    cdef floating *diff
-    cdef floating *tmp
-    cdef floating *acc = <floating *> malloc(nt * d * d * sizeof(floating))
+    cdef double s, acc_q
+    cdef double *diff
+    cdef double *tmp
+    cdef double *acc = <double *> malloc(nt * d * d * sizeof(double))
     if acc == NULL:
         raise MemoryError()
-    memset(acc, 0, nt * d * d * sizeof(floating))
+    memset(acc, 0, nt * d * d * sizeof(double))
     with nogil, parallel(num_threads=nt):
         tid = threadid()
-        diff = <floating *> malloc((BLOCK * d + BLOCK * r) * sizeof(floating))
+        diff = <double *> malloc((BLOCK * d + BLOCK * r) * sizeof(double))
         tmp = diff + BLOCK * d
         for blk in prange(n_blocks, schedule='static'):
             start = blk * BLOCK
@@ -457,18 +455,18 @@ def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
             _gather(X, i, j, start, stop, diff)
             # Row-major K (d x r) is column-major K^T (r x d, leading dimension
             # r): column-major K^T diff^T is row-major diff K, nb x r.
-            _gemm_nn(r, nb, d, <floating *> &K[0, 0], r, diff, d, tmp, r)
+            _gemm_nn(r, nb, d, <double *> &K[0, 0], r, diff, d, tmp, r)
             for p in range(nb):
                 acc_q = 0
                 for k in range(r):
                     acc_q = acc_q + tmp[p * r + k] * tmp[p * r + k]
-                dist = sqrt(<double> acc_q)
+                dist = sqrt(acc_q)
                 total += dist
                 if keep:
-                    dists[start + p] = <floating> dist
+                    dists[start + p] = dist
                 if want_grad:
                     if dist > 0:
-                        s = <floating> sqrt(0.5 / dist)
+                        s = sqrt(0.5 / dist)
                     else:
                         s = 0
                     for k in range(d):

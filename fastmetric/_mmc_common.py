@@ -5,9 +5,9 @@ Each front-end picks the kernel's thread count from the work of the call
 thread (a no-op inside an estimator's fit, which holds that limit throughout).
 
 The front-ends call the compiled pair kernels (``fastmetric._pairs``) and
-LAPACK (``fastmetric._linalg``) on validated :class:`PairData`; the data's dtype
-(float32 or float64) is kept for the per-pair work and the O(d^2) results come
-back in float64.  No validation happens here.
+LAPACK (``fastmetric._linalg``) on validated :class:`PairData`; the kernels
+read the data in its dtype (float32 or float64) and compute and return
+float64.  No validation happens here.
 """
 
 import warnings
@@ -49,19 +49,18 @@ class MMCResult:
 
 
 # ----------------------------------------------------------------------------
-# Kernel front-ends (dtype follows the data; dense algebra in float64).
+# Kernel front-ends (data read in its dtype; all arithmetic in float64).
 # ----------------------------------------------------------------------------
 
 
 def s_matrix(pairs, n_threads=1):
     """``sum_p (x_i - x_j)(x_i - x_j)^T`` over the pairs, as float64 (d, d)."""
     d = pairs.n_features
-    out = np.empty((d, d), dtype=pairs.X.dtype)
+    out = np.empty((d, d))
     nt = threads_for(n_threads, 2.0 * pairs.n_pairs * d * d)
     with kernel_threads(nt):
-        _pairs.weighted_outer_sum(pairs.X, pairs.i, pairs.j,
-                                  np.empty(0, dtype=pairs.X.dtype), out, nt)
-    return out.astype(np.float64)
+        _pairs.weighted_outer_sum(pairs.X, pairs.i, pairs.j, np.empty(0), out, nt)
+    return out
 
 
 def dist_sum_and_grad(pairs, A, eps=0.0, n_threads=1):
@@ -71,14 +70,13 @@ def dist_sum_and_grad(pairs, A, eps=0.0, n_threads=1):
     pairs at zero distance contribute nothing when ``eps == 0``.
     """
     d = pairs.n_features
-    dtype = pairs.X.dtype
-    grad = np.empty((d, d), dtype=dtype)
-    A = np.ascontiguousarray(A, dtype=dtype)
+    grad = np.empty((d, d))
+    A = np.ascontiguousarray(A, dtype=np.float64)
     nt = threads_for(n_threads, 4.0 * pairs.n_pairs * d * d)
     with kernel_threads(nt):
         f = _pairs.sqrt_dist_sum_grad(pairs.X, pairs.i, pairs.j, A, grad,
                                       float(eps), nt)
-    return f, grad.astype(np.float64)
+    return f, grad
 
 
 _FACTOR_FLOPS_PER_THREAD = 5e5
@@ -88,18 +86,17 @@ def factor_dist_sum_and_grad(pairs, K, dists=None, n_threads=1, grad=True):
     """``sum_p ||K^T (x_i - x_j)||``, its gradient in ``A = K K^T`` and the distances.
 
     The low-rank form of :func:`dist_sum_and_grad`: 2 n d r flops for the
-    distances instead of 2 n d^2.  ``dists`` (shape (n_pairs,), data dtype),
+    distances instead of 2 n d^2.  ``dists`` (shape (n_pairs,), float64),
     when given, receives every pair's distance.  With ``grad=False`` only the
     value is computed and None is returned for the gradient.
     """
     d = pairs.n_features
-    dtype = pairs.X.dtype
-    K = np.ascontiguousarray(K, dtype=dtype)
+    K = np.ascontiguousarray(K, dtype=np.float64)
     if K.shape[1] == 0:  # A = 0
-        K = np.zeros((d, 1), dtype=dtype)
-    out = np.empty((d, d) if grad else (0, 0), dtype=dtype)
+        K = np.zeros((d, 1))
+    out = np.empty((d, d) if grad else (0, 0))
     if dists is None:
-        dists = np.empty(0, dtype=dtype)
+        dists = np.empty(0)
     flops = pairs.n_pairs * (2.0 * d * K.shape[1] + (d * d if grad else 0.0))
     # Measured on two cores: a second thread pays from about 3e5 flops here,
     # so from 1e6 (two threads per 5e5) it is a clear gain (d=50, 1e3 pairs:
@@ -108,13 +105,13 @@ def factor_dist_sum_and_grad(pairs, K, dists=None, n_threads=1, grad=True):
     with kernel_threads(nt):
         f = _pairs.sqrt_dist_sum_grad_factor(pairs.X, pairs.i, pairs.j, K, out,
                                              dists, nt)
-    return f, (out.astype(np.float64) if grad else None)
+    return f, (out if grad else None)
 
 
 def pair_sq_distances(pairs, A, n_threads=1):
-    """Squared Mahalanobis distance of every pair (in the data's dtype)."""
-    out = np.empty(pairs.n_pairs, dtype=pairs.X.dtype)
-    A = np.ascontiguousarray(A, dtype=pairs.X.dtype)
+    """Squared Mahalanobis distance of every pair (float64)."""
+    out = np.empty(pairs.n_pairs)
+    A = np.ascontiguousarray(A, dtype=np.float64)
     nt = threads_for(n_threads, 2.0 * pairs.n_pairs * pairs.n_features**2)
     with kernel_threads(nt):
         _pairs.pair_sq_dists(pairs.X, pairs.i, pairs.j, A, out, nt)
@@ -122,9 +119,9 @@ def pair_sq_distances(pairs, A, n_threads=1):
 
 
 def diag_sq_distances(pairs, w, n_threads=1):
-    """``sum_k w_k (x_ik - x_jk)^2`` for every pair (in the data's dtype)."""
-    out = np.empty(pairs.n_pairs, dtype=pairs.X.dtype)
-    w = np.ascontiguousarray(w, dtype=pairs.X.dtype)
+    """``sum_k w_k (x_ik - x_jk)^2`` for every pair (float64)."""
+    out = np.empty(pairs.n_pairs)
+    w = np.ascontiguousarray(w, dtype=np.float64)
     nt = threads_for(n_threads, 3.0 * pairs.n_pairs * pairs.n_features)
     with kernel_threads(nt):
         _pairs.pair_sq_dists_diag(pairs.X, pairs.i, pairs.j, w, out, nt)
@@ -134,16 +131,14 @@ def diag_sq_distances(pairs, w, n_threads=1):
 def diag_dist_sum(pairs, w, n_threads=1):
     """``sum_p sqrt(sum_k w_k (x_ik - x_jk)^2)``: the value-only diagonal pass."""
     out = diag_sq_distances(pairs, w, n_threads)
-    return float(np.sqrt(np.maximum(out, 0), dtype=np.float64).sum())
+    return float(np.sqrt(np.maximum(out, 0)).sum())
 
 
-def tolerance_floor(dtype):
-    """Smallest relative optimality target a solver should aim for in ``dtype``.
-
-    Sums over many pairs carry relative rounding of a few hundred ulp, so
-    targets below that cannot be reached; float64 gets 1e-8, float32 1e-6.
-    """
-    return 1e-8 if np.dtype(dtype) == np.float64 else 1e-6
+# Smallest relative optimality target the solvers aim for: sums over many pairs
+# carry relative rounding of a few hundred ulp of float64, so targets below
+# this cannot be reached.  The kernels compute in float64 whatever the data's
+# dtype, so float32 data gets the same floor.
+TOLERANCE_FLOOR = 1e-8
 
 
 def mmc_objective(similar, dissimilar, A, n_threads=1):

@@ -9,10 +9,10 @@ import numpy as np
 
 from . import _pairs
 from ._mmc_common import (
+    TOLERANCE_FLOOR,
     MMCResult,
     _warn_not_converged,
     diag_dist_sum,
-    tolerance_floor,
 )
 from ._numba.mmc import (
     diag_derivs_cached,
@@ -53,10 +53,9 @@ def diagonal_objective(s_sum, dissimilar, w, c=1.0, n_threads=1):
     g, grad, hess : float, ndarray (d,), ndarray (d, d)
     """
     d = w.shape[0]
-    dtype = dissimilar.X.dtype
-    gF = np.empty(d, dtype=dtype)
-    hF = np.empty((d, d), dtype=dtype)
-    w = np.ascontiguousarray(w, dtype=dtype)
+    gF = np.empty(d)
+    hF = np.empty((d, d))
+    w = np.ascontiguousarray(w, dtype=np.float64)
     # the blocked syrk pays for a second thread from ~1e5 pairs x d^2 / 2
     # (measured: d=20, 5000 pairs 0.23 -> 0.13 ms per call)
     nt = threads_for(n_threads, 2.0 * dissimilar.n_pairs * d * d, 2e5)
@@ -65,8 +64,6 @@ def diagonal_objective(s_sum, dissimilar, w, c=1.0, n_threads=1):
                                          w, gF, hF, nt)
     if not f > 0:
         return np.inf, np.full(d, np.nan), np.full((d, d), np.nan)
-    gF = gF.astype(np.float64)
-    hF = hF.astype(np.float64)
     value = float(s_sum @ w) - c * np.log(f)
     grad = s_sum - c * gF / f
     hess = c * (hF / f + np.outer(gF, gF) / f**2)
@@ -134,7 +131,7 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
     set and a scaled gradient step on the active set, and backtracks along the
     projection arc (Bertsekas, 1982) until the objective decreases.  It stops
     when the KKT conditions hold to ``eps = 1e-5 * tol`` (clipped to [1e-8,
-    1e-3]; at least 1e-4 for float32 data) relative: ``|grad_k| <= eps s_k``
+    1e-3]) relative: ``|grad_k| <= eps s_k``
     where ``w_k > 0`` and ``grad_k >= -eps s_k`` where ``w_k = 0``.  The
     starting weights are first rescaled by the best positive factor (g is
     minimised along the ray in closed form), which fixes the scale of the
@@ -159,10 +156,9 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
         ``objective`` is g at the solution.
     """
     d = similar.n_features
-    s_sum = np.empty(d, dtype=similar.X.dtype)
+    s_sum = np.empty(d)
     with kernel_threads(1):
         _pairs.sq_diff_sum(similar.X, similar.i, similar.j, s_sum)
-    s_sum = s_sum.astype(np.float64)
     if not s_sum.max() > 0:
         raise ValueError("every similar pair has zero difference; the diagonal MMC "
                          "objective is unbounded")
@@ -188,7 +184,7 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
     if not np.isfinite(g):
         raise ValueError("every dissimilar pair has zero distance under the initial "
                          "weights; MMC needs dissimilar pairs that differ")
-    eps = min(max(1e-5 * tol, tolerance_floor(dissimilar.X.dtype)), 1e-3)
+    eps = min(max(1e-5 * tol, TOLERANCE_FLOOR), 1e-3)
     history = []
     converged = False
     n_iter = 0
@@ -223,7 +219,7 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
         # optimum the predicted decrease falls below g's rounding; a step that
         # does not raise g beyond rounding is then accepted, so Newton can
         # finish instead of stalling.
-        rounding = 64 * np.finfo(dissimilar.X.dtype).eps * (abs(g) + 1.0)
+        rounding = 64 * np.finfo(float).eps * (abs(g) + 1.0)
         step = 1.0
         while True:
             w_new = np.maximum(w + step * direction, 0.0)

@@ -14,6 +14,7 @@ from scipy.linalg.blas import dsyrk
 
 from ._linalg import spg_spectraplex
 from ._mmc_common import (
+    TOLERANCE_FLOOR,
     MMCResult,
     _eigh,
     _eigh_top,
@@ -24,7 +25,6 @@ from ._mmc_common import (
     diag_sq_distances,
     factor_dist_sum_and_grad,
     s_matrix,
-    tolerance_floor,
 )
 from ._numba.mmc import gather_diff
 from ._threads import blas_threads
@@ -70,7 +70,7 @@ class _Whitened:
         self.P_inv = (V * np.sqrt(mu)).T  # B = P_inv A P_inv^T
         self.dissimilar = dissimilar
         self.n_threads = n_threads
-        self.dists = np.empty(dissimilar.n_pairs, dtype=dissimilar.X.dtype)
+        self.dists = np.empty(dissimilar.n_pairs)
         # Pairs of identical points sit at distance 0 under every metric and
         # take no part in the Frank-Wolfe certificate; any other pair at
         # distance 0 invalidates it (see fw_gap).
@@ -609,7 +609,7 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     M = M_S if shrinkage == 0 else (
         (1.0 - shrinkage) * M_S + shrinkage * np.trace(M_S) / d * np.eye(d))
     prob = _Whitened(dissimilar, M, n_threads)
-    target = min(max(1e-5 * tol, tolerance_floor(dissimilar.X.dtype)), 1e-3)
+    target = min(max(1e-5 * tol, TOLERANCE_FLOOR), 1e-3)
     # metric-learn's scale puts sum_S ||x-y||_A^2 at t.  When the optimum lies
     # where the similar pairs do not vary that sum is 0, so the scale is taken
     # with the S-matrix's eigenvalues floored as in the whitening.

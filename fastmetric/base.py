@@ -96,18 +96,18 @@ class MahalanobisMixin(BaseEstimator):
         # flops per call instead of 2 n d^2.
         if not np.any(A - np.diag(np.diagonal(A))):
             q = diag_sq_distances(data, np.diagonal(A), n_threads)
-            return np.sqrt(np.maximum(q.astype(np.float64), 0.0))
+            return np.sqrt(np.maximum(q, 0.0))
         # Rows of L are sqrt(eigenvalue) eigenvectors: those below the
         # eigendecomposition's own rounding (d eps lambda_max) carry nothing.
         L = np.asarray(self.components_)
         lam = np.einsum("ij,ij->i", L, L)
         rows = np.flatnonzero(lam > L.shape[1] * np.finfo(float).eps * lam.max())
         if L.shape[1] == A.shape[0] and 2 * rows.size <= A.shape[0]:
-            dists = np.empty(data.n_pairs, dtype=data.X.dtype)
+            dists = np.empty(data.n_pairs)
             factor_dist_sum_and_grad(data, L[rows].T, dists, n_threads, grad=False)
-            return dists.astype(np.float64)
+            return dists
         q = pair_sq_distances(data, A, n_threads)
-        return np.sqrt(q.astype(np.float64))
+        return np.sqrt(q)
 
     def pair_score(self, pairs):
         """Similarity score of each pair: the opposite of :meth:`pair_distance`.

@@ -125,9 +125,9 @@ _PARAMS_DOC = """
         Convergence tolerance.  ``'ga-ip'``: metric-learn's rule, relative size
         of the last step.  ``'exact'``: stop when the certified relative duality
         gap (an upper bound on how far J is from its optimum) is below
-        ``1e-5 * tol``, clipped to [1e-8, 1e-3] (at least 1e-6 for float32
-        data).  Diagonal: stop when the KKT conditions hold to the same
-        relative tolerance.
+        ``1e-5 * tol``, clipped to [1e-8, 1e-3] (float32 data too: the
+        kernels compute in float64).  Diagonal: stop when the KKT conditions
+        hold to the same relative tolerance.
     init : {{'identity', 'covariance', 'random'}} or ndarray of shape (d, d), \
 default='identity'
         Initial Mahalanobis matrix (must be symmetric PSD).  It also fixes the

@@ -461,6 +461,22 @@ def test_float32_input(solver):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_float32_data_is_solved_as_exactly_as_float64(solver):
+    # The kernels read float32 data and compute in float64, so a float32 data
+    # set is fitted exactly as the same values stored in float64 (a float32
+    # gradient could certify a point short of the optimum).
+    X, y = wine()
+    X32 = X.astype(np.float32)
+    kw = dict(n_constraints=300, random_state=0, n_jobs=1, **SOLVERS[solver])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m32 = MMC_Supervised(**kw).fit(X32, y)
+        m64 = MMC_Supervised(**kw).fit(X32.astype(np.float64), y)
+    assert np.array_equal(m32.A_, m64.A_)
+    assert m32.n_iter_ == m64.n_iter_ and m32.converged_ == m64.converged_
+
+
 # ----------------------------------------------------------------------------
 # Threads, randomness, solver options
 # ----------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 Each reference is written from the formula in the kernel's docstring and runs in
 float64 on the same (already rounded) inputs, so the comparison measures only
-the kernel's own rounding.  Tolerances are relative to the *scale* of each
-result: the same formula evaluated on absolute values, which bounds the size of
-the terms that were summed.  Sizes straddle the kernels' block of 256 pairs.
+the kernel's own rounding.  The kernels read float32 or float64 data and
+compute in float64, so one tolerance serves both data dtypes.  Tolerances are
+relative to the *scale* of each result: the same formula evaluated on absolute
+values, which bounds the size of the terms that were summed.  Sizes straddle
+the kernels' block of 256 pairs.
 """
 
 import numpy as np
@@ -17,18 +19,18 @@ N_PAIRS = [0, 1, 255, 256, 257, 1000]
 DIMS = [1, 3, 40]
 DTYPES = [np.float32, np.float64]
 THREADS = [1, 2]
-RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+RTOL = 1e-12
 
 
 def _case(n_pairs, d, dtype, seed=0, n_points=60):
-    """Data, index arrays (some pairs with i == j) and a PSD matrix, in ``dtype``."""
+    """Data in ``dtype``, index pairs (some with i == j), a float64 PSD matrix."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n_points, d)).astype(dtype)
     i = rng.integers(0, n_points, size=n_pairs).astype(np.intp)
     j = rng.integers(0, n_points, size=n_pairs).astype(np.intp)
     j[::7] = i[::7]  # zero-distance pairs are legal input
     L = rng.normal(size=(d, d))
-    A = (L @ L.T / d + 0.1 * np.eye(d)).astype(dtype)
+    A = L @ L.T / d + 0.1 * np.eye(d)
     return X, i, j, A
 
 
@@ -38,13 +40,16 @@ def _diffs(X, i, j):
 
 def _assert_close(actual, expected, scale, dtype, factor=1.0):
     """``|actual - expected| <= rtol * scale`` elementwise (``scale`` >= |terms|)."""
-    actual = np.asarray(actual, dtype=np.float64)
+    actual = np.asarray(actual)
+    if actual.ndim == 0:
+        actual = actual.astype(np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape
     assert np.all(np.isfinite(actual))
-    tol = factor * RTOL[dtype] * np.asarray(scale, dtype=np.float64)
+    assert actual.dtype == np.float64  # the kernels return float64 for any data
+    tol = factor * RTOL * np.asarray(scale, dtype=np.float64)
     # A tiny absolute floor so that exact zeros compare equal to exact zeros.
-    tol = tol + np.finfo(dtype).tiny
+    tol = tol + np.finfo(np.float64).tiny
     err = np.abs(actual - expected)
     assert np.all(err <= tol), f"max error {err.max()} vs tolerance {tol.max()}"
 
@@ -119,7 +124,7 @@ threads = pytest.mark.parametrize("num_threads", THREADS)
 @threads
 def test_pair_sq_dists(n_pairs, d, dtype, num_threads):
     X, i, j, A = _case(n_pairs, d, dtype)
-    out = np.full(n_pairs, np.nan, dtype=dtype)
+    out = np.full(n_pairs, np.nan)
     _pairs.pair_sq_dists(X, i, j, A, out, num_threads)
     expected, scale = ref_pair_sq_dists(X, i, j, A)
     _assert_close(out, expected, scale, dtype)
@@ -151,9 +156,9 @@ def test_pair_sq_dists_clamps_rounding_below_zero():
 @threads
 def test_pair_sq_dists_diag(n_pairs, d, dtype, num_threads):
     X, i, j, _ = _case(n_pairs, d, dtype)
-    w = np.random.default_rng(2).uniform(0, 2, size=d).astype(dtype)
+    w = np.random.default_rng(2).uniform(0, 2, size=d)
     w[::3] = 0  # zero weights are allowed
-    out = np.full(n_pairs, np.nan, dtype=dtype)
+    out = np.full(n_pairs, np.nan)
     _pairs.pair_sq_dists_diag(X, i, j, w, out, num_threads)
     expected, scale = ref_pair_sq_dists_diag(X, i, j, w)
     _assert_close(out, expected, scale, dtype)
@@ -167,11 +172,11 @@ def test_pair_sq_dists_diag(n_pairs, d, dtype, num_threads):
 def test_weighted_outer_sum(n_pairs, d, dtype, num_threads, weighted):
     X, i, j, _ = _case(n_pairs, d, dtype)
     if weighted:
-        weights = np.random.default_rng(3).uniform(0, 3, size=n_pairs).astype(dtype)
+        weights = np.random.default_rng(3).uniform(0, 3, size=n_pairs)
         weights[::5] = 0
     else:
-        weights = np.empty(0, dtype=dtype)  # "all ones"
-    out = np.full((d, d), np.nan, dtype=dtype)
+        weights = np.empty(0)  # "all ones"
+    out = np.full((d, d), np.nan)
     _pairs.weighted_outer_sum(X, i, j, weights, out, num_threads)
     expected, scale = ref_weighted_outer_sum(X, i, j, weights)
     _assert_close(out, expected, scale, dtype)
@@ -185,7 +190,7 @@ def test_weighted_outer_sum(n_pairs, d, dtype, num_threads, weighted):
 @pytest.mark.parametrize("eps", [0.0, 1e-3])
 def test_sqrt_dist_sum_grad(n_pairs, d, dtype, num_threads, eps):
     X, i, j, A = _case(n_pairs, d, dtype)
-    grad = np.full((d, d), np.nan, dtype=dtype)
+    grad = np.full((d, d), np.nan)
     f = _pairs.sqrt_dist_sum_grad(X, i, j, A, grad, eps, num_threads)
     f_ref, grad_ref, grad_scale = ref_sqrt_dist_sum_grad(X, i, j, A, eps)
     assert np.isfinite(f)
@@ -203,7 +208,7 @@ def test_sqrt_dist_sum_grad_zero_distance_pairs_contribute_nothing(
     dtype, num_threads, n_pairs
 ):
     X, i, _, A = _case(n_pairs, 3, dtype)
-    grad = np.full((3, 3), np.nan, dtype=dtype)
+    grad = np.full((3, 3), np.nan)
     f = _pairs.sqrt_dist_sum_grad(X, i, i.copy(), A, grad, 0.0, num_threads)
     assert f == 0.0
     assert np.all(grad == 0)
@@ -211,8 +216,8 @@ def test_sqrt_dist_sum_grad_zero_distance_pairs_contribute_nothing(
     # Mixing in i == j pairs changes neither f nor the gradient of the others.
     X, i, j, A = _case(n_pairs, 3, dtype, seed=5)
     keep = i != j
-    g_all = np.empty((3, 3), dtype=dtype)
-    g_kept = np.empty((3, 3), dtype=dtype)
+    g_all = np.empty((3, 3))
+    g_kept = np.empty((3, 3))
     f_all = _pairs.sqrt_dist_sum_grad(X, i, j, A, g_all, 0.0, num_threads)
     f_kept = _pairs.sqrt_dist_sum_grad(
         X, np.ascontiguousarray(i[keep]), np.ascontiguousarray(j[keep]), A, g_kept,
@@ -244,9 +249,9 @@ def ref_sqrt_dist_sum_grad_factor(X, i, j, K):
 def test_sqrt_dist_sum_grad_factor(n_pairs, d, dtype, num_threads, rank):
     X, i, j, _ = _case(n_pairs, d, dtype)
     r = d if rank == "d" else rank
-    K = np.random.default_rng(3).normal(size=(d, r)).astype(dtype)
-    grad = np.full((d, d), np.nan, dtype=dtype)
-    dists = np.full(n_pairs, np.nan, dtype=dtype)
+    K = np.random.default_rng(3).normal(size=(d, r))
+    grad = np.full((d, d), np.nan)
+    dists = np.full(n_pairs, np.nan)
     f = _pairs.sqrt_dist_sum_grad_factor(X, i, j, K, grad, dists, num_threads)
     dist_ref, dist_scale, grad_ref, grad_scale = ref_sqrt_dist_sum_grad_factor(
         X, i, j, K)
@@ -258,12 +263,12 @@ def test_sqrt_dist_sum_grad_factor(n_pairs, d, dtype, num_threads, rank):
     assert np.array_equal(grad, grad.T)
     # The same through A = K K^T, and the value-only pass.
     if n_pairs:
-        A = (K.astype(np.float64) @ K.T.astype(np.float64)).astype(dtype)
-        g_full = np.empty((d, d), dtype=dtype)
+        A = K @ K.T
+        g_full = np.empty((d, d))
         f_full = _pairs.sqrt_dist_sum_grad(X, i, j, A, g_full, 0.0, num_threads)
         _assert_close(f, f_full, dist_scale.sum(), dtype, factor=4.0)
     f_only = _pairs.sqrt_dist_sum_grad_factor(
-        X, i, j, K, np.empty((0, 0), dtype=dtype), np.empty(0, dtype=dtype),
+        X, i, j, K, np.empty((0, 0)), np.empty(0),
         num_threads)
     assert f_only == f
 
@@ -274,11 +279,11 @@ def test_sqrt_dist_sum_grad_factor(n_pairs, d, dtype, num_threads, rank):
 @threads
 def test_diag_sqrt_dist_derivs(n_pairs, d, dtype, num_threads):
     X, i, j, _ = _case(n_pairs, d, dtype)
-    w = np.random.default_rng(4).uniform(0.1, 2, size=d).astype(dtype)
+    w = np.random.default_rng(4).uniform(0.1, 2, size=d)
     if d > 1:
         w[0] = 0  # a zero weight: still no pair at zero distance unless i == j
-    grad = np.full(d, np.nan, dtype=dtype)
-    hess = np.full((d, d), np.nan, dtype=dtype)
+    grad = np.full(d, np.nan)
+    hess = np.full((d, d), np.nan)
     f = _pairs.diag_sqrt_dist_derivs(X, i, j, w, grad, hess, num_threads)
     f_ref, grad_ref, hess_ref = ref_diag_sqrt_dist_derivs(X, i, j, w)
     # Every term is non-negative, so each result is its own scale; the 1/dist^3
@@ -296,9 +301,9 @@ def test_diag_sqrt_dist_derivs_zero_distance(dtype):
     X = np.array([[0.0, 0.0], [0.0, 5.0], [1.0, 0.0]], dtype=dtype)
     i = np.array([0, 0, 1], dtype=np.intp)
     j = np.array([1, 0, 1], dtype=np.intp)
-    w = np.array([1.0, 0.0], dtype=dtype)
-    grad = np.empty(2, dtype=dtype)
-    hess = np.empty((2, 2), dtype=dtype)
+    w = np.array([1.0, 0.0])
+    grad = np.empty(2)
+    hess = np.empty((2, 2))
     f = _pairs.diag_sqrt_dist_derivs(X, i, j, w, grad, hess, 1)
     assert f == 0.0
     assert np.all(grad == 0) and np.all(hess == 0)
@@ -309,7 +314,7 @@ def test_diag_sqrt_dist_derivs_zero_distance(dtype):
 @dtypes
 def test_sq_diff_sum(n_pairs, d, dtype):
     X, i, j, _ = _case(n_pairs, d, dtype)
-    out = np.full(d, np.nan, dtype=dtype)
+    out = np.full(d, np.nan)
     _pairs.sq_diff_sum(X, i, j, out)
     expected = ref_sq_diff_sum(X, i, j)
     _assert_close(out, expected, expected, dtype)
@@ -322,7 +327,7 @@ def test_sq_diff_sum(n_pairs, d, dtype):
 
 def _run_all(X, i, j, A, w, weights, num_threads):
     n, d = i.shape[0], X.shape[1]
-    dt = X.dtype
+    dt = np.float64
     res = {}
     res["sq"] = np.empty(n, dt)
     _pairs.pair_sq_dists(X, i, j, A, res["sq"], num_threads)
@@ -344,16 +349,16 @@ def _run_all(X, i, j, A, w, weights, num_threads):
 def test_one_thread_equals_two_threads(dtype, n_pairs):
     X, i, j, A = _case(n_pairs, 7, dtype, seed=11)
     rng = np.random.default_rng(12)
-    w = rng.uniform(0.1, 1, size=7).astype(dtype)
-    weights = rng.uniform(0, 1, size=n_pairs).astype(dtype)
+    w = rng.uniform(0.1, 1, size=7)
+    weights = rng.uniform(0, 1, size=n_pairs)
     one = _run_all(X, i, j, A, w, weights, 1)
     two = _run_all(X, i, j, A, w, weights, 2)
     # Per-pair outputs come from the same block computation whatever the thread.
-    np.testing.assert_allclose(one["sq"], two["sq"], rtol=RTOL[dtype] / 10)
-    np.testing.assert_allclose(one["sq_diag"], two["sq_diag"], rtol=RTOL[dtype] / 10)
+    np.testing.assert_allclose(one["sq"], two["sq"], rtol=RTOL / 10)
+    np.testing.assert_allclose(one["sq_diag"], two["sq_diag"], rtol=RTOL / 10)
     for key in ("outer", "grad", "f", "dgrad", "dhess", "df"):
         a, b = np.asarray(one[key], float), np.asarray(two[key], float)
-        np.testing.assert_allclose(a, b, rtol=0, atol=RTOL[dtype] * np.abs(a).max(),
+        np.testing.assert_allclose(a, b, rtol=0, atol=RTOL * np.abs(a).max(),
                                    err_msg=key)
 
 
@@ -417,3 +422,33 @@ def test_diag_sqrt_dist_derivs_match_finite_differences(d):
         fd_hess[:, k] = (evaluate(w0 + e)[1] - evaluate(w0 - e)[1]) / (2 * step)
     np.testing.assert_allclose(h0, -fd_hess, rtol=1e-6,
                                atol=1e-6 * np.abs(h0).max())
+
+
+# ---------------------------------------------------------------------------
+# float32 data: read as float32, computed in float64.
+# ---------------------------------------------------------------------------
+
+
+@threads
+def test_float32_data_is_computed_in_float64(num_threads):
+    # A float32 data set defines its problem exactly: every kernel must give
+    # bit for bit what it gives on the same values stored as float64 (sums in
+    # float32 would carry rounding above the solvers' optimality targets).
+    X32, i, j, A = _case(1000, 9, np.float32, seed=13)
+    X64 = X32.astype(np.float64)
+    rng = np.random.default_rng(14)
+    w = rng.uniform(0.1, 1, size=9)
+    weights = rng.uniform(0, 1, size=1000)
+    K = rng.normal(size=(9, 3))
+    a, b = (_run_all(X, i, j, A, w, weights, num_threads) for X in (X32, X64))
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    outs = []
+    for X in (X32, X64):
+        grad, dists = np.empty((9, 9)), np.empty(1000)
+        f = _pairs.sqrt_dist_sum_grad_factor(X, i, j, K, grad, dists, num_threads)
+        s = np.empty(9)
+        _pairs.sq_diff_sum(X, i, j, s)
+        outs.append((f, grad, dists, s))
+    for u, v in zip(*outs, strict=True):
+        assert np.array_equal(u, v)
