@@ -40,52 +40,65 @@ cdef int _syevr_top(int n, int k, floating *a, floating *w,
 
     ``a`` is destroyed; ``w`` (k) gets the eigenvalues in ascending order and
     ``z`` (n x k, column-major) the eigenvectors, or nothing when ``z`` is
-    NULL (eigenvalues only).  Returns LAPACK's ``info``.
+    NULL (eigenvalues only).  Returns LAPACK's ``info``.  LAPACK's W argument
+    has n entries whatever the range (its bisection may find and write more
+    than k eigenvalues in a cluster), so for k < n the eigenvalues go through
+    a buffer of n.
     """
     cdef char jobz = b'V' if z != NULL else b'N'
     cdef char rng = b'A' if k == n else b'I'
     cdef char uplo = b'L'
     cdef floating vl = 0, vu = 0, abstol = 0
     cdef int il = n - k + 1, iu = n, m = 0, info = 0, lwork = -1, liwork = -1
+    cdef int i
     cdef floating z_dummy = 0
     if z == NULL:
         z = &z_dummy
     cdef floating work_query
     cdef int iwork_query
     cdef int *isuppz = <int *> malloc(2 * n * sizeof(int))
+    cdef floating *wall = w if k == n else <floating *> malloc(n * sizeof(floating))
     cdef floating *work
     cdef int *iwork
-    if isuppz == NULL:
+    if isuppz == NULL or wall == NULL:
+        free(isuppz)
+        if k != n:
+            free(wall)
         return -1000
     if floating is double:
         dsyevr(&jobz, &rng, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &m,
-               w, z, &n, isuppz, &work_query, &lwork, &iwork_query, &liwork, &info)
+               wall, z, &n, isuppz, &work_query, &lwork, &iwork_query, &liwork,
+               &info)
     else:
         ssyevr(&jobz, &rng, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &m,
-               w, z, &n, isuppz, &work_query, &lwork, &iwork_query, &liwork, &info)
-    if info != 0:
-        free(isuppz)
-        return info
-    lwork = <int> work_query + 1
-    liwork = iwork_query
-    work = <floating *> malloc(lwork * sizeof(floating))
-    iwork = <int *> malloc(liwork * sizeof(int))
-    if work == NULL or iwork == NULL:
-        free(isuppz)
-        free(work)
-        free(iwork)
-        return -1000
-    if floating is double:
-        dsyevr(&jobz, &rng, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &m,
-               w, z, &n, isuppz, work, &lwork, iwork, &liwork, &info)
-    else:
-        ssyevr(&jobz, &rng, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &m,
-               w, z, &n, isuppz, work, &lwork, iwork, &liwork, &info)
+               wall, z, &n, isuppz, &work_query, &lwork, &iwork_query, &liwork,
+               &info)
+    work = NULL
+    iwork = NULL
+    if info == 0:
+        lwork = <int> work_query + 1
+        liwork = iwork_query
+        work = <floating *> malloc(lwork * sizeof(floating))
+        iwork = <int *> malloc(liwork * sizeof(int))
+        if work == NULL or iwork == NULL:
+            info = -1000
+    if info == 0:
+        if floating is double:
+            dsyevr(&jobz, &rng, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &m,
+                   wall, z, &n, isuppz, work, &lwork, iwork, &liwork, &info)
+        else:
+            ssyevr(&jobz, &rng, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &m,
+                   wall, z, &n, isuppz, work, &lwork, iwork, &liwork, &info)
+        if info == 0 and k < n and m != k:
+            info = -1001
+        if info == 0 and k < n:
+            for i in range(k):
+                w[i] = wall[i]
     free(isuppz)
     free(work)
     free(iwork)
-    if info == 0 and k < n and m != k:
-        return -1001
+    if k != n:
+        free(wall)
     return info
 
 
@@ -217,6 +230,11 @@ def eigh_top(const floating[:, ::1] A, floating[::1] w, floating[:, ::1] V):
     cdef bint vectors = V.shape[1] > 0
     cdef Py_ssize_t r, c
     cdef int info
+    if A.shape[1] != n or not 1 <= k <= n or (
+            vectors and (V.shape[0] != n or V.shape[1] != k)):
+        raise ValueError(f"eigh_top: need A (d, d), w (k,) with 1 <= k <= d and V "
+                         f"(d, k) or (d, 0); got {A.shape[0]}x{A.shape[1]}, k={k}, "
+                         f"V {V.shape[0]}x{V.shape[1]}")
     cdef floating *a = <floating *> malloc((n * n + (n * k if vectors else 0))
                                            * sizeof(floating))
     cdef floating *z = NULL

@@ -79,6 +79,32 @@ def test_eigh_top_matches_numpy(dtype, d, k):
     np.testing.assert_allclose(w_only, w, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("scale", [1e-35, 1e35])
+@pytest.mark.parametrize("d,k", [(12, 2), (40, 5)])
+def test_eigh_top_far_from_unit_scale(scale, d, k):
+    # Entries beyond 1e30 (or below 1e-30) take syevr's index-range path,
+    # whose eigenvalue argument LAPACK fills beyond the k requested (it once
+    # wrote past a k-sized buffer); clustered top eigenvalues make that likely.
+    rng = np.random.default_rng(d)
+    U = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    lam = np.r_[rng.uniform(-1, 0.5, d - 4), [2.0, 2.0, 2.0, 3.0]]
+    A = np.ascontiguousarray(((U * lam) @ U.T) * scale)
+    for _ in range(20):
+        w = np.empty(k)
+        V = np.empty((d, k))
+        _linalg.eigh_top(A, w, V)
+        np.testing.assert_allclose(w / scale, np.sort(lam)[-k:], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(A @ V, V * w, rtol=0, atol=1e-12 * scale)
+
+
+def test_eigh_top_rejects_bad_shapes():
+    A = np.eye(4)
+    for w, V in [(np.empty(0), np.empty((4, 0))), (np.empty(5), np.empty((4, 5))),
+                 (np.empty(2), np.empty((4, 3))), (np.empty(2), np.empty((3, 2)))]:
+        with pytest.raises(ValueError, match="eigh_top"):
+            _linalg.eigh_top(A, w, V)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_eigh_reads_upper_triangle_only(dtype):
     rng = np.random.default_rng(3)
