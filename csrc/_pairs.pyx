@@ -478,3 +478,93 @@ def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
         _symmetrize_sum(acc, nt, d, grad)
     free(acc)
     return total
+
+
+def factor_hessian(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                   const Py_ssize_t[::1] j, const double[:, ::1] P,
+                   const double[:, ::1] L, double[:, ::1] H, int num_threads=1):
+    """``sum_p psi_p psi_p^T / s_p^3``: the pair part of the factor Hessian.
+
+    With ``z_p = P^T (X[i[p]] - X[j[p]])`` (or the difference itself when P
+    is empty), ``y_p = L^T z_p`` and ``s_p = ||y_p||``, ``psi_p`` is
+    ``vec(z_p y_p^T)`` in column-major order: entry ``c k + a`` is
+    ``z_pa y_pc``.  This is the second-order part of the Hessian of
+    ``f(L) = sum_p ||L^T z_p||`` (see ``fastmetric._mmc_exact``); pairs with
+    ``s_p = 0`` contribute nothing.  Each block of rows is whitened (gemm),
+    projected (gemm), scaled into ``psi_p / s_p^1.5`` and accumulated with
+    ``syrk`` in per-thread buffers, so memory stays O(threads x (BLOCK x m +
+    m^2)) with ``m = k r``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, d), float32 or float64
+    i, j : ndarray of intp, shape (n_pairs,)
+    P : ndarray of shape (d, k) or (0, 0), float64
+    L : ndarray of shape (k, r), float64 (k = d when P is empty)
+    H : ndarray of shape (k r, k r), float64
+        Overwritten with the (symmetric) sum.
+    num_threads : int
+
+    Returns
+    -------
+    f : float
+        ``sum_p s_p``.
+    """
+    cdef Py_ssize_t n_pairs = i.shape[0]
+    cdef int dx = <int> X.shape[1]
+    cdef bint whiten = P.shape[0] > 0
+    cdef int k = <int> (P.shape[1] if whiten else dx)
+    cdef int r = <int> L.shape[1]
+    cdef int m = k * r
+    if (whiten and P.shape[0] != dx) or L.shape[0] != k or r < 1 or \
+            H.shape[0] != m or H.shape[1] != m:
+        raise ValueError("factor_hessian: need P (d, k) or (0, 0), L (k, r), "
+                         "H (k r, k r)")
+    cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t blk, start, stop, p, a, c
+    cdef int nb
+    cdef int nt = num_threads if num_threads > 0 else 1
+    cdef int tid
+    cdef double s, t, u, total = 0.0
+    cdef double *buf
+    cdef double *Zb
+    cdef double *Yb
+    cdef double *Psi
+    cdef double *acc = <double *> malloc(nt * m * m * sizeof(double))
+    if acc == NULL:
+        raise MemoryError()
+    memset(acc, 0, nt * m * m * sizeof(double))
+    with nogil, parallel(num_threads=nt):
+        tid = threadid()
+        buf = <double *> malloc(BLOCK * (dx + k + r + m) * sizeof(double))
+        Zb = buf + BLOCK * dx if whiten else buf
+        Yb = buf + BLOCK * (dx + k)
+        Psi = Yb + BLOCK * r
+        for blk in prange(n_blocks, schedule='static'):
+            start = blk * BLOCK
+            stop = start + BLOCK
+            if stop > n_pairs:
+                stop = n_pairs
+            nb = <int> (stop - start)
+            _gather(X, i, j, start, stop, buf)
+            if whiten:
+                # row-major Zb = diff P: column-major P^T diff^T
+                _gemm_nn(k, nb, dx, <double *> &P[0, 0], k, buf, dx, Zb, k)
+            _gemm_nn(r, nb, k, <double *> &L[0, 0], r, Zb, k, Yb, r)
+            for p in range(nb):
+                s = 0
+                for c in range(r):
+                    s = s + Yb[p * r + c] * Yb[p * r + c]
+                s = sqrt(s)
+                total += s
+                # psi / s^1.5 as z (y / s) / sqrt(s): no s^1.5 to underflow
+                t = 1.0 / sqrt(s) if s > 0 else 0.0
+                for c in range(r):
+                    u = Yb[p * r + c] / s * t if s > 0 else 0.0
+                    for a in range(k):
+                        Psi[p * m + c * k + a] = Zb[p * k + a] * u
+            _syrk_acc(m, nb, Psi, m, acc + tid * m * m, m)
+        free(buf)
+    _symmetrize_sum(acc, nt, m, H)
+    free(acc)
+    return total

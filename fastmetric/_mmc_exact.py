@@ -5,13 +5,12 @@ See :func:`solve_exact`.  Per-pair work runs in the compiled kernels through
 control flow only.
 """
 
-import contextlib
 import warnings
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
-from scipy.linalg.blas import dsyrk
 
+from . import _pairs
 from ._linalg import spg_spectraplex
 from ._mmc_common import (
     TOLERANCE_FLOOR,
@@ -27,7 +26,37 @@ from ._mmc_common import (
     s_matrix,
 )
 from ._numba.mmc import gather_diff
-from ._threads import blas_threads
+from ._threads import kernel_threads, threads_for
+from ._validation import PairData
+
+
+def _whitening(M):
+    """``(mu, V, P, P_inv)`` for the (shrunk) S-matrix ``M = V diag(mu) V^T``.
+
+    ``P = V mu^{-1/2}`` maps the whitened problem back (``A = P B P^T``) and
+    ``P_inv`` forward (``B = P_inv A P_inv^T``).  Eigenvalues below 1e-9 of
+    the largest (directions the similar pairs do not vary in) are floored
+    there, with a warning: the problem is unbounded along them.
+    """
+    mu, V = _eigh(M)
+    top = max(mu.max(), 0.0)
+    floor = top * 1e-12
+    if top <= 0:
+        raise ValueError(
+            "every similar pair has zero difference: the S-matrix is zero, so "
+            "MMC's similarity constraint does not bound the metric"
+        )
+    if mu.min() <= floor * 1e3:
+        warnings.warn(
+            "the similar pairs do not span the feature space (S-matrix rank "
+            f"{int(np.sum(mu > floor * 1e3))} of {mu.size}): the MMC problem is "
+            "unbounded along the missing directions, which will dominate the "
+            "metric. Use shrinkage > 0, more similar pairs, or fewer features.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        mu = np.maximum(mu, floor * 1e3)
+    return mu, V, V / np.sqrt(mu), (V * np.sqrt(mu)).T
 
 
 class _Whitened:
@@ -36,54 +65,75 @@ class _Whitened:
     With ``M = P^{-T} P^{-1}`` the S-constraint ``<A, M> <= 1`` becomes
     ``trace(B) <= 1`` for ``A = P B P^T``, and the problem is
     ``max f(B) = sum_D sqrt(z^T B z)`` over ``{B PSD, trace(B) <= 1}``, where
-    f is concave and positively homogeneous of degree 1/2.
+    f is concave and positively homogeneous of degree 1/2 and
+    ``z_p = P^T (x_i - x_j)`` are the whitened dissimilar differences.
 
-    Every evaluation goes through a factor ``B = L L^T`` (L of shape (d, r)):
-    the iterates are projections onto the spectraplex, which zero all but a
-    few eigenvalues, so the distances cost 2 n d r flops instead of 2 n d^2.
-    The last evaluation's per-pair distances are kept in ``dists`` for the
-    certificate.
+    The same class holds the problem restricted to a subspace, whose
+    differences ``Q^T z_p`` are given as rows (:meth:`from_rows`; ``P`` is
+    then None, the identity).  Every evaluation goes through a factor
+    ``B = L L^T`` (L of shape (dim, r)): the iterates are projections onto the
+    spectraplex, which zero all but a few eigenvalues, so the distances cost
+    2 n d r flops instead of 2 n d^2.  The last evaluation's per-pair
+    distances are kept in ``dists`` for the certificate.
     """
 
-    def __init__(self, dissimilar, M, n_threads):
-        mu, V = _eigh(M)
-        self.eig_M = (mu, V)
-        top = max(mu.max(), 0.0)
-        floor = top * 1e-12
-        if top <= 0:
-            raise ValueError(
-                "every similar pair has zero difference: the S-matrix is zero, so "
-                "MMC's similarity constraint does not bound the metric"
-            )
-        if mu.min() <= floor * 1e3:
-            warnings.warn(
-                "the similar pairs do not span the feature space (S-matrix rank "
-                f"{int(np.sum(mu > floor * 1e3))} of {mu.size}): the MMC problem is "
-                "unbounded along the missing directions, which will dominate the "
-                "metric. Use shrinkage > 0, more similar pairs, or fewer features.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            mu = np.maximum(mu, floor * 1e3)
-        self.mu = mu
-        self.P = V / np.sqrt(mu)  # A = P B P^T
-        self.P_inv = (V * np.sqrt(mu)).T  # B = P_inv A P_inv^T
+    def __init__(self, dissimilar, P, n_threads):
         self.dissimilar = dissimilar
+        self.P = P
+        self.n_pairs = dissimilar.n_pairs
+        self.dim = dissimilar.n_features if P is None else P.shape[1]
         self.n_threads = n_threads
         self.dists = np.empty(dissimilar.n_pairs)
+        self._Z = None
+        self._ritz_v = None
         # Pairs of identical points sit at distance 0 under every metric and
         # take no part in the Frank-Wolfe certificate; any other pair at
         # distance 0 invalidates it (see fw_gap).
-        self._Z = None
-        self._ritz_v = None
-        self.n_identical = int(np.count_nonzero(
-            diag_sq_distances(dissimilar, np.ones(M.shape[0]), n_threads) == 0))
+        self.identical = diag_sq_distances(
+            dissimilar, np.ones(dissimilar.n_features), n_threads) == 0
+        self.n_identical = int(np.count_nonzero(self.identical))
+
+    @classmethod
+    def from_matrix(cls, dissimilar, M, n_threads):
+        """The whitened problem of the dissimilar pairs under S-matrix ``M``."""
+        mu, V, P, P_inv = _whitening(M)
+        prob = cls(dissimilar, P, n_threads)
+        prob.eig_M = (mu, V)
+        prob.mu = mu
+        prob.P_inv = P_inv
+        return prob
+
+    @classmethod
+    def from_rows(cls, Z_ext, n_threads):
+        """The problem whose differences are the rows of ``Z_ext[:-1]``.
+
+        ``Z_ext`` (n + 1, k), C-contiguous float64, ends with a zero row: pair
+        p is ``(Z_ext[p], Z_ext[n])``, so the pair kernels read the rows as
+        they are.
+        """
+        n = Z_ext.shape[0] - 1
+        pairs = PairData(Z_ext, np.arange(n, dtype=np.intp),
+                         np.full(n, n, dtype=np.intp))
+        prob = cls(pairs, None, n_threads)
+        prob._Z = Z_ext[:n]
+        return prob
 
     def to_A(self, B):
         return _sym(self.P @ B @ self.P.T)
 
     def to_B(self, A):
         return _sym(self.P_inv @ A @ self.P_inv.T)
+
+    def _gathered_blocks(self):
+        """Whitened differences of consecutive pairs, a block at a time (float64)."""
+        dis = self.dissimilar
+        X, i, j = dis.X, dis.i, dis.j
+        diff = np.empty((min(_BLOCK, dis.n_pairs), X.shape[1]))
+        for start in range(0, dis.n_pairs, _BLOCK):
+            sl = slice(start, start + _BLOCK)
+            m = len(i[sl])
+            gather_diff(X, i[sl], j[sl], diff[:m])
+            yield diff[:m] if self.P is None else diff[:m] @ self.P
 
     def diff_blocks(self):
         """The whitened dissimilar differences ``z_p``, float64, in blocks.
@@ -96,41 +146,125 @@ class _Whitened:
             for start in range(0, self._Z.shape[0], _BLOCK):
                 yield self._Z[start:start + _BLOCK]
             return
-        dis = self.dissimilar
-        X, i, j = dis.X, dis.i, dis.j
-        keep = dis.n_pairs * X.shape[1] <= _CACHE_ELEMENTS
+        keep = self.n_pairs * self.dissimilar.n_features <= _CACHE_ELEMENTS
         blocks = []
-        diff = np.empty((min(_BLOCK, dis.n_pairs), X.shape[1]))
-        for start in range(0, dis.n_pairs, _BLOCK):
-            sl = slice(start, start + _BLOCK)
-            m = len(i[sl])
-            gather_diff(X, i[sl], j[sl], diff[:m])
-            Z = diff[:m] @ self.P
+        for Z in self._gathered_blocks():
             if keep:
-                blocks.append(Z)
+                blocks.append(Z.copy() if self.P is None else Z)
             yield Z
         if keep:
-            self._Z = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+            self._Z = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+                       ) if blocks else np.empty((0, self.dim))
 
     def whitened_diffs(self):
         """All whitened dissimilar differences as one (n, d) float64 array, or
         None when they do not fit in ``_CACHE_ELEMENTS``."""
-        if self.dissimilar.n_pairs * self.P.shape[0] > _CACHE_ELEMENTS:
+        if self._Z is None and (self.n_pairs * self.dissimilar.n_features
+                                > _CACHE_ELEMENTS):
             return None
         for _ in self.diff_blocks():
             pass
         return np.ascontiguousarray(self._Z)
 
+    def rows(self, idx):
+        """Whitened differences of the pairs ``idx`` (float64, (len(idx), dim))."""
+        if self._Z is not None:
+            return self._Z[idx]
+        dis = self.dissimilar
+        D = np.empty((len(idx), dis.n_features))
+        gather_diff(dis.X, dis.i[idx], dis.j[idx], D)
+        return D if self.P is None else D @ self.P
+
+    def project(self, Q):
+        """``[Z Q; 0]``: the differences in the basis Q (dim x k), with a zero row.
+
+        The input of :meth:`from_rows` for the problem restricted to
+        ``span(Q)``; one pass, n dim k flops.
+        """
+        out = np.zeros((self.n_pairs + 1, Q.shape[1]))
+        if self._Z is not None:
+            np.matmul(self._Z, Q, out=out[:self.n_pairs])
+            return out
+        dis = self.dissimilar
+        X, i, j = dis.X, dis.i, dis.j
+        PQ = Q if self.P is None else self.P @ Q
+        diff = np.empty((min(_BLOCK, dis.n_pairs), X.shape[1]))
+        for start in range(0, dis.n_pairs, _BLOCK):
+            sl = slice(start, start + _BLOCK)
+            m = len(i[sl])
+            gather_diff(X, i[sl], j[sl], diff[:m])
+            np.matmul(diff[:m], PQ, out=out[start:start + m])
+        return out
+
+    def _factor(self, L):
+        return L if self.P is None else self.P @ L
+
     def value_grad_factor(self, L):
         """``f(L L^T)`` and its gradient; the distances go to ``self.dists``."""
-        f, GA = factor_dist_sum_and_grad(self.dissimilar, self.P @ L, self.dists,
-                                         self.n_threads)
-        return f, _sym(self.P.T @ GA @ self.P)
+        f, GA = factor_dist_sum_and_grad(self.dissimilar, self._factor(L),
+                                         self.dists, self.n_threads)
+        return f, (GA if self.P is None else _sym(self.P.T @ GA @ self.P))
 
     def value_factor(self, L):
         """``f(L L^T)`` alone (2 n d r flops; ``self.dists`` is left alone)."""
-        return factor_dist_sum_and_grad(self.dissimilar, self.P @ L, None,
+        return factor_dist_sum_and_grad(self.dissimilar, self._factor(L), None,
                                         self.n_threads, grad=False)[0]
+
+    def weighted_outer(self, weights):
+        """``sum_p weights_p z_p z_p^T`` (whitened; weights non-negative, one pass)."""
+        d = self.dissimilar.n_features
+        out = np.empty((d, d))
+        nt = threads_for(self.n_threads, 2.0 * self.n_pairs * d * d)
+        with kernel_threads(nt):
+            _pairs.weighted_outer_sum(self.dissimilar.X, self.dissimilar.i,
+                                      self.dissimilar.j,
+                                      np.ascontiguousarray(weights, dtype=np.float64),
+                                      out, nt)
+        return out if self.P is None else _sym(self.P.T @ out @ self.P)
+
+    def factor_hessian(self, L):
+        """``(f, sum_p psi_p psi_p^T / s_p^3)`` at ``B = L L^T`` (see
+        :func:`_factor_derivatives`); one compiled pass over the pairs."""
+        dis = self.dissimilar
+        m = L.shape[0] * L.shape[1]
+        H2 = np.empty((m, m))
+        P = np.empty((0, 0)) if self.P is None else np.ascontiguousarray(self.P)
+        flops = self.n_pairs * (m * m + 2.0 * L.shape[0] * dis.n_features)
+        nt = threads_for(self.n_threads, flops)
+        with kernel_threads(nt):
+            f = _pairs.factor_hessian(dis.X, dis.i, dis.j, P,
+                                      np.ascontiguousarray(L, dtype=np.float64), H2,
+                                      nt)
+        return f, H2
+
+    def pair_distances(self, L):
+        """Every pair's distance under ``L L^T`` (``self.dists`` is left alone)."""
+        out = np.empty(self.n_pairs)
+        factor_dist_sum_and_grad(self.dissimilar, self._factor(L), out,
+                                 self.n_threads, grad=False)
+        return out
+
+    def collapsed(self):
+        """Whether a pair of distinct points sits at distance 0 at the last point."""
+        return np.count_nonzero(self.dists == 0) > self.n_identical
+
+    def collapsed_pairs(self, L):
+        """Pairs of distinct points whose difference ``B = L L^T`` (nearly) ignores.
+
+        Those with ``z_p^T B z_p <= 1e-12 ||z_p||^2 trace(B)``, at the last
+        evaluation's distances (at most 4096 of them).  Candidates are the
+        pairs below 1e-6 of the mean distance (one O(n) scan); only their
+        differences are gathered.
+        """
+        s = self.dists
+        positive = s[s > 0]
+        cut = 1e-6 * positive.mean() if positive.size else np.inf
+        idx = np.flatnonzero((s <= cut) & ~self.identical)[:4096]
+        if idx.size == 0:
+            return idx
+        norms2 = np.einsum("pk,pk->p", *(self.rows(idx),) * 2)
+        keep = s[idx] ** 2 <= 1e-12 * norms2 * float(np.sum(L * L))
+        return idx[keep & (norms2 > 0)]
 
     def fw_gap(self, f, G):
         """Relative Frank-Wolfe gap ``(lambda_max(G) - f / 2) / f`` at the last point.
@@ -140,7 +274,7 @@ class _Whitened:
         identical points sits at distance 0 (such a pair's term would need
         ``t_p = 0``); then it is ``inf``.  ``f / 2 = <G, B>`` by homogeneity.
         """
-        if np.count_nonzero(self.dists == 0) > self.n_identical:
+        if self.collapsed():
             return np.inf
         return max(_lambda_max(G) - 0.5 * f, 0.0) / max(f, np.finfo(float).tiny)
 
@@ -158,7 +292,7 @@ class _Whitened:
         """
         d, r = L.shape
         if d > _EXACT_EIGVALS_DIM and 4 * (2 * r + 1) <= d:
-            if np.count_nonzero(self.dists == 0) > self.n_identical:
+            if self.collapsed():
                 return np.inf, True
             if self._ritz_v is None:
                 self._ritz_v = _start_vector(d)
@@ -241,47 +375,64 @@ def _dual_gap(prob, f, G, max_subset=2048, n_floors=10):
     best) gives a bound that is tight at the optimum.  Pairs of identical
     points (``z_p = 0``) contribute nothing and are ignored.  The distances
     are those of the last evaluation (``prob.dists``, at the point where f and
-    G were taken); the corrections are prefix sums over the pairs sorted by
-    distance: one O(k d^2) pass plus one eigenvalue per floor.  Returns inf
-    when no floor applies.
+    G were taken).
+
+    The matrix of each floor is the part of G from the pairs outside the
+    ``max_subset`` nearest ones plus running sums over those, sorted by
+    distance -- all terms non-negative, built from the largest distance down,
+    so no floor subtracts a near-collapsed pair's huge ``1 / dist`` term (that
+    cancellation once certified a point 2e-5 short of the optimum).  When
+    such a term dominates G the outside part takes one weighted pass instead
+    of ``G`` minus the subset.  One eigenvalue per floor.  Returns inf when no
+    floor applies.
     """
-    dis = prob.dissimilar
-    s = prob.dists.astype(np.float64)
+    s = prob.dists
     total = float(s.sum())
     scale = max(f, np.finfo(float).tiny)
     k = min(max_subset, s.size)
     small = np.argpartition(s, k - 1)[:k] if k < s.size else np.arange(s.size)
     small = small[np.argsort(s[small])]
-    Z = (dis.X[dis.i[small]] - dis.X[dis.j[small]]).astype(np.float64) @ prob.P
-    nonzero = np.einsum("pk,pk->p", Z, Z) > 0
-    Z, s_small = Z[nonzero], s[small][nonzero]
-    best = np.inf
+    Z = prob.rows(small)
+    norms2 = np.einsum("pk,pk->p", Z, Z)
+    s_sub = s[small]
+    inv = np.where(s_sub > 0, 0.5 / np.maximum(s_sub, 1e-300), 0.0)
+    if float(np.max(inv * norms2, initial=0.0)) <= 64.0 * scale:
+        # every subset term is small next to G: subtracting them is exact
+        # to rounding
+        G_out = G - (Z * inv[:, None]).T @ Z
+    else:
+        weights = np.where(s > 0, 0.5 / np.maximum(s, 1e-300), 0.0)
+        weights[small] = 0.0
+        G_out = prob.weighted_outer(weights)
+    nonzero = norms2 > 0
+    Z, s_small, inv = Z[nonzero], s_sub[nonzero], inv[nonzero]
     if s_small.size == 0:
-        return best
-    inv = np.where(s_small > 0, 0.5 / np.maximum(s_small, 1e-300), 0.0)
+        return np.inf
     prefix = np.concatenate([[0.0], np.cumsum(s_small)])
     v = _start_vector(G.shape[0])
+    one_total = Z.T @ Z
 
     def estimates(taus):
-        # Ascending floors: the corrections are running sums over the pairs
-        # sorted by distance, extended segment by segment.  lambda_max is
-        # only estimated here; the chosen floor is evaluated exactly below.
-        sum_inv = np.zeros((Z.shape[1],) * 2)
-        sum_one = np.zeros_like(sum_inv)
-        start = 0
+        # Descending floors: the pairs at or above a floor keep their 1 / dist
+        # weights, those below weigh 1 / tau, both running sums grown from
+        # the largest distance down.  lambda_max is only estimated here; the
+        # chosen floor is evaluated exactly below.
+        above_inv = np.zeros_like(one_total)
+        above_one = np.zeros_like(one_total)
+        stop = s_small.size
         out = []
-        for tau in taus:
+        for tau in taus[::-1]:
             cut = int(np.searchsorted(s_small, tau, side="left"))
-            if cut > start:
-                seg = Z[start:cut]
-                sum_inv += (seg * inv[start:cut, None]).T @ seg
-                sum_one += seg.T @ seg
-                start = cut
+            if cut < stop:
+                seg = Z[cut:stop]
+                above_inv += (seg * inv[cut:stop, None]).T @ seg
+                above_one += seg.T @ seg
+                stop = cut
             lifted = tau * cut - prefix[cut]
-            G_tau = _sym(G - sum_inv + sum_one / (2.0 * tau))
+            G_tau = _sym(G_out + above_inv + (one_total - above_one) / (2.0 * tau))
             out.append(((total + lifted) / 2 + _lambda_max_estimate(G_tau, v, 30),
                         (total + lifted) / 2, G_tau))
-        return out
+        return out[::-1]
 
     positive = s_small[s_small > 0]
     hi = max(s_small[-1], np.finfo(float).tiny)
@@ -295,7 +446,7 @@ def _dual_gap(prob, f, G, max_subset=2048, n_floors=10):
     fine = estimates(np.geomspace(taus[max(i - 1, 0)],
                                   taus[min(i + 1, taus.size - 1)], n_floors))
     _, base, G_tau = min(coarse + fine, key=lambda c: c[0])
-    best = min(best, base + _lambda_max(G_tau))
+    best = base + _lambda_max(G_tau)
     return max(best - f, 0.0) / scale
 
 
@@ -307,7 +458,6 @@ _NEWTON_EVERY = 10
 _BLOCK = 4096
 # Whitened differences kept for Newton up to this many float64 values (32 MB).
 _CACHE_ELEMENTS = 4_000_000
-_BLAS_THREADS_FLOPS = 1e9
 # Up to this many features (and while the whitened differences fit in
 # _CACHE_ELEMENTS) projected gradient runs compiled: there Python's overhead
 # per iteration, not the pair passes or the eigendecompositions, dominates.
@@ -320,42 +470,17 @@ _COMPILED_MAX_ITER = 10_000
 
 
 def _factor_derivatives(prob, L, G):
-    """Value, gradient and Hessian of ``f(L) = sum_p ||L^T z_p||`` (blockwise).
+    """Value, gradient and Hessian of ``f(L) = sum_p ||L^T z_p||`` (one pass).
 
-    ``z_p`` are the whitened dissimilar differences, a block at a time
-    (:meth:`_Whitened.diff_blocks`).  With ``G = sum_p z z^T / (2 s_p)`` the
-    gradient of f at ``B = L L^T`` (from the pair kernel), the gradient is
-    ``2 G L`` and, in column-major ``vec`` coordinates, the Hessian is
-    ``I_r (x) 2 G - sum_p psi psi^T / s^3`` with ``psi_p = vec(z_p y_p^T)``,
-    ``y_p = L^T z_p``, ``s_p = ||y_p||``; only that last sum needs the pass.
+    ``z_p`` are the whitened dissimilar differences.  With
+    ``G = sum_p z z^T / (2 s_p)`` the gradient of f at ``B = L L^T`` (from the
+    pair kernel), the gradient is ``2 G L`` and, in column-major ``vec``
+    coordinates, the Hessian is ``I_r (x) 2 G - sum_p psi psi^T / s^3`` with
+    ``psi_p = vec(z_p y_p^T)``, ``y_p = L^T z_p``, ``s_p = ||y_p||``; only that
+    last sum needs the pass (:meth:`_Whitened.factor_hessian`).
     """
-    d, r = L.shape
-    m = d * r
-    f = 0.0
-    H2 = np.zeros((m, m), order="F")
-    # Multi-threaded BLAS only for a large syrk: after the call OpenBLAS's
-    # workers spin for a while beside the pair kernels' threads, which costs
-    # more than a smaller syrk gains (measured on two cores).
-    big = prob.dissimilar.n_pairs * float(m) ** 2 >= _BLAS_THREADS_FLOPS
-    with blas_threads(prob.n_threads) if big else contextlib.nullcontext():
-        for Z in prob.diff_blocks():
-            Y = Z @ L
-            s = np.sqrt(np.einsum("pk,pk->p", Y, Y))
-            f += float(s.sum())
-            ok = s > 0
-            if not ok.all():
-                Z, Y, s = Z[ok], Y[ok], s[ok]
-            # psi_p / s_p^1.5 = vec(z (y / s^1.5)^T) in column-major order:
-            # block c holds z * y[c] / s^1.5.  Psi is C-ordered, so Psi.T is
-            # the Fortran-ordered operand syrk takes without a copy.
-            Y = Y * (s ** -1.5)[:, None]
-            Psi = np.empty((Z.shape[0], m))
-            for c in range(r):
-                np.multiply(Z, Y[:, c, None], out=Psi[:, c * d:(c + 1) * d])
-            H2 = dsyrk(1.0, Psi.T, beta=1.0, c=H2, trans=0,
-                                         lower=0, overwrite_c=1)
-    H2 = np.triu(H2) + np.triu(H2, 1).T
-    H = np.kron(np.eye(r), 2.0 * G) - H2
+    f, H2 = prob.factor_hessian(L)
+    H = np.kron(np.eye(L.shape[1]), 2.0 * G) - H2
     return f, 2.0 * G @ L, H
 
 
@@ -505,6 +630,24 @@ def _newton_pays(gaps, gap, target, d, r, n_pairs):
     return remaining > newton / iteration
 
 
+# A Newton step counts as cheap (see _maximise) up to this many gradient steps.
+_NEWTON_CHEAP_STEPS = 8
+_NEWTON_FACE_STEPS = 3
+_NEWTON_FACE_GAP = 1e-3
+
+
+def _newton_is_cheap(d, r, n_pairs):
+    """Whether a Newton step on a rank-r factor costs at most a few gradient steps.
+
+    Flops as in :func:`_newton_pays`, plus the Python overhead of either step
+    (about 0.1 ms for a gradient step, 0.3 ms for a Newton step) in flops.
+    """
+    m = d * r
+    iteration = n_pairs * (d**2 + 2.0 * m) + 40.0 * d**3 + 3e6
+    newton = iteration + n_pairs * (2.0 * d**2 + m**2) + 20.0 * m**3 + 1e7
+    return m <= _MAX_NEWTON_VARS and newton <= _NEWTON_CHEAP_STEPS * iteration
+
+
 def _spg_step(prob, B, L, f, G, alpha, recent):
     """One spectral projected gradient step on the spectraplex.
 
@@ -551,6 +694,408 @@ def _raise_no_dissimilar_distance():
     )
 
 
+def _maximise(prob, B, L, *, max_iter, target, report, compiled):
+    """Maximise ``prob``'s f over its spectraplex from ``B = L L^T``.
+
+    Spectral projected gradient (Barzilai-Borwein steps, non-monotone line
+    search) makes fast progress and finds the low-rank face the optimum lies
+    on; its iterates are low-rank, so every pass over the pairs goes through
+    the factor ``B = L L^T`` (distances at 2 n d r flops) and each projection
+    computes only the top eigenpairs.  When its linear rate predicts more work
+    than a Newton round (badly conditioned data), a Riemannian Newton method
+    on the factor L converges quadratically.  Small problems (``compiled``,
+    few features and pairs) run projected gradient in one compiled call and
+    hand over here only if it stalls or slows down.  Optimality is certified
+    by the Frank-Wolfe duality gap ``lambda_max(grad) - <grad, B>`` (one
+    eigenvalue), or, when some pairs are (nearly) collapsed, by the floored
+    bound of :func:`_dual_gap`; above 48 features the gap is only bounded
+    from below (a Ritz value, O(d^2 r)) while that bound shows the solver
+    cannot stop yet, and taken exactly otherwise.
+
+    ``report(phase, get_B, f, gap, n_iter)`` runs after every iteration
+    (``get_B()`` gives the iterate, or None for iterations replayed from the
+    compiled loop) and returns True to stop.
+
+    Returns
+    -------
+    B, L, f, G, gap, n_iter, stopped
+        The last iterate with its factor, value, gradient and certified
+        relative gap; iterations run; whether ``report`` stopped the loop.
+    """
+    d = prob.dim
+    n_pairs = prob.n_pairs
+    Z = (prob.whitened_diffs() if compiled and max_iter > 0
+         and d <= _COMPILED_MAX_D and n_pairs * d**2 <= _COMPILED_MAX_WORK
+         else None)
+    f, G = (np.inf, None) if Z is not None else prob.value_grad_factor(L)
+
+    last_floored = -10
+    floor_every = 3
+
+    def measure(f_before):
+        # The Frank-Wolfe gap is certified and costs one eigenvalue.  Near
+        # the end, or while progress is slow, the floored bound can be much
+        # tighter -- but only when some pairs are nearly collapsed (their
+        # 1 / dist weights inflate the Frank-Wolfe gap on badly conditioned
+        # data); with every distance above 1% of the mean no floor
+        # can gain much.  It costs a sort of the distances and a few dozen
+        # small eigenvalue problems, so it is taken at most every third
+        # iteration, and ever more rarely while it does not help.
+        # Away from the end the Frank-Wolfe gap is only bounded from below
+        # (see fw_gap_bound): that decides "not yet" as well, and every value
+        # returned at or below target is certified (exact or floored).
+        nonlocal last_floored, floor_every, certified
+        fw, certified = prob.fw_gap_bound(f, G, L, target)
+        if fw <= target:
+            return fw
+        slow = f_before is not None and f - f_before <= 1e2 * target * f
+        if not ((fw <= 1e3 * target or slow or not np.isfinite(fw))
+                and n_iter - last_floored >= floor_every):
+            return fw
+        if np.isfinite(fw):
+            positive = prob.dists[prob.dists > 0]
+            n_moving = max(n_pairs - prob.n_identical, 1)
+            if positive.size and positive.min() > 0.01 * f / n_moving:
+                return fw
+        last_floored = n_iter
+        floored = _dual_gap(prob, f, G)
+        floor_every = 3 if floored < 0.5 * fw else 2 * floor_every
+        if floored <= fw:
+            certified = True
+        return min(fw, floored)
+
+    n_iter = 0
+    certified = True
+    stop = False
+    compiled_gaps = []
+    compiled_slow = False
+    if Z is not None:
+        B = np.array(B, dtype=np.float64, order="C")
+        # (the compiled loop hands over long before this many iterations)
+        budget = min(max_iter, _COMPILED_MAX_ITER)
+        hist = np.empty(budget)
+        gaps_c = np.empty(budget)
+        n_iter, f, gap, G, status = spg_spectraplex(
+            Z, B, budget, target, prob.n_identical, _COMPILED_PATIENCE,
+            hist, gaps_c)
+        for k in range(n_iter):
+            report("gradient", None, hist[k], gaps_c[k], k + 1)
+        if status == 3:
+            _raise_no_dissimilar_distance()
+        compiled_gaps = [g for g in gaps_c[:n_iter].tolist() if np.isfinite(g)]
+        compiled_slow = status == 1 and n_iter < max_iter and np.isfinite(gap)
+        if status != 0:
+            # Not certified: the Python loop (floored certificate, Newton on
+            # the factor) carries on from here, with B's factor.
+            lam, V = _eigh(B)
+            keep = lam > max(lam[-1], 0.0) * d * np.finfo(float).eps
+            L = V[:, keep] * np.sqrt(lam[keep])
+            B = _sym(L @ L.T)
+            f, G = prob.value_grad_factor(L)
+            gap = measure(None)
+        else:
+            lam, V = _eigh(B)
+            keep = lam > max(lam[-1], 0.0) * d * np.finfo(float).eps
+            L = V[:, keep] * np.sqrt(lam[keep])
+    else:
+        if not f > 0:
+            _raise_no_dissimilar_distance()
+        gap = measure(None)
+
+    def step_done(phase):
+        nonlocal stop
+        if report(phase, lambda: B, f, gap, n_iter):
+            stop = True
+
+    alpha = 1.0 / max(np.linalg.norm(G), np.finfo(float).tiny)
+    recent = [f]
+    since_newton = len(compiled_gaps)
+    gaps = compiled_gaps
+    newton_failed = False
+    ranks = []
+    # collapsed pairs whose directions did not pay: not again (those of nearly
+    # equal points, ~1e-160 apart, never do)
+    tried = np.empty(0, dtype=np.intp)
+    while gap > target and n_iter < max_iter and not stop:
+        f_before = f
+        lost = prob.collapsed_pairs(L)
+        if lost.size and not np.isin(lost, tried).all():
+            # a face projected gradient cannot leave (see _uncollapse)
+            L_new = _uncollapse(prob, L, f, lost)
+            if L_new is None:
+                tried = np.union1d(tried, lost)
+            else:
+                n_iter += 1
+                L = L_new
+                B = _sym(L @ L.T)
+                f, G = prob.value_grad_factor(L)
+                recent.append(f)
+                gap = measure(f_before)
+                step_done("uncollapse")
+                # the pair's tiny distance makes the problem badly scaled for
+                # projected gradient; Newton on the factor is not
+                compiled_slow = True
+                continue
+        # Projected gradient: fast global progress; it converges in a few
+        # dozen steps on well-conditioned data.  The compiled loop hands over
+        # when its rate calls for Newton: then Newton goes first.
+        force_newton, compiled_slow = compiled_slow, False
+        if force_newton:
+            B_new, spg_stalled = None, False
+        else:
+            B_new, L_new, f_new, G_new, alpha = _spg_step(prob, B, L, f, G,
+                                                           alpha, recent)
+            spg_stalled = B_new is None
+        if B_new is not None:
+            n_iter += 1
+            since_newton += 1
+            B, L, f, G = B_new, L_new, f_new, G_new
+            recent.append(f)
+            gap = measure(f_before)
+            step_done("gradient")
+            if gap <= target or stop or n_iter >= max_iter:
+                break
+            if np.isfinite(gap):
+                gaps.append(gap)
+            ranks.append(L.shape[1])
+        # On a small problem a Newton step costs a few gradient steps: once
+        # projected gradient has kept one rank for three steps (the face is
+        # found) and is close, Newton finishes in a step or two.
+        face = (since_newton >= _NEWTON_FACE_STEPS and gap < _NEWTON_FACE_GAP
+                and len(set(ranks[-_NEWTON_FACE_STEPS:])) == 1
+                and _newton_is_cheap(d, ranks[-1], n_pairs))
+        if not (spg_stalled or force_newton or face) and \
+                since_newton < _NEWTON_EVERY:
+            continue
+        lam = np.sum(L * L, axis=0)  # B's nonzero eigenvalues
+        r = int(np.sum(lam > 1e-9 * lam.max()))
+        if d * r > _MAX_NEWTON_VARS:
+            if spg_stalled:
+                break
+            continue
+        if not (spg_stalled or force_newton or face) and not _newton_pays(
+                gaps, gap, target, d, r, n_pairs):
+            continue
+        # Projected gradient is slow (badly conditioned data, where the range
+        # of B must rotate) or stuck: Newton on the factor L of B = L L^T.
+        since_newton = 0
+        gaps = []
+        f_before = f
+        B_new, L_new, f_new, _ = _factor_newton(prob, B, f, r, 1e-2 * target**2, 20,
+                                                 target)
+        if L_new is not None:
+            # Accepted steps keep f to within rounding; near the optimum they
+            # show as a smaller gap rather than a larger f.
+            gap_before = gap
+            n_iter += 1
+            B, L = B_new, L_new
+            f, G = prob.value_grad_factor(L)
+            recent.append(f)
+            gap = measure(f_before)
+            step_done("newton")
+            progressed = f > f_before or gap < gap_before
+            if not progressed and (spg_stalled or newton_failed):
+                break
+            newton_failed = not progressed
+        elif spg_stalled or newton_failed:
+            break  # neither method can improve f any further
+        else:
+            newton_failed = True
+    if not certified:
+        # Stopped by max_iter, a callback or a stall with the last gap only
+        # bounded from below: report the certified one at B.
+        f, G = prob.value_grad_factor(L)
+        gap = prob.fw_gap(f, G)
+    return B, L, f, G, gap, n_iter, stop
+
+
+# Above this many features the exact solver works on subspaces (see
+# _maximise_subspace); below, the whole problem is as small as a subspace.
+_SUBSPACE_MIN_D = 32
+# The first subspace: this many top eigenvectors of the gradient at the start.
+_SUBSPACE_START = 8
+# Directions added per round, at most (top eigenvectors of the full gradient).
+_SUBSPACE_ADD = 4
+# Largest subspace (the compiled projected-gradient loop's dimension limit).
+_SUBSPACE_MAX = _COMPILED_MAX_D
+# Each round's subspace problem is solved to this fraction of the full gap
+# before it (the gap after it cannot be smaller than the subspace's own), the
+# first to at most _SUBSPACE_INNER_FIRST, the last to a tenth of the target.
+_SUBSPACE_INNER_RATIO = 1e-12
+_SUBSPACE_INNER_FIRST = 1e-12
+# Rounds before the subspace driver gives the rest to the full problem.
+_SUBSPACE_MAX_ROUNDS = 30
+
+
+def _orthonormal_basis(columns, cap):
+    """Orthonormal basis of the span of ``columns`` (kept in priority order).
+
+    Gram-Schmidt order: each column contributes its component orthogonal to
+    the earlier ones, or nothing when that is below 1e-8 of its norm; at
+    most ``cap`` columns.
+    """
+    Q, R = np.linalg.qr(columns)
+    norms = np.linalg.norm(columns, axis=0)
+    keep = np.abs(np.diag(R)) > 1e-8 * np.maximum(norms, np.finfo(float).tiny)
+    return np.ascontiguousarray(Q[:, keep][:, :cap])
+
+
+def _uncollapse(prob, L, f, idx):
+    """A factor with weight moved onto the directions of collapsed pairs, or None.
+
+    A dissimilar pair of distinct points at distance 0 adds nothing to the
+    gradient (the square root has no derivative there), yet f grows like
+    ``sqrt(eps)`` when B moves by eps along its ``z_p z_p^T``: projected
+    gradient, whose projections clip eigenvalues to exactly 0, can stall on
+    such a face, and the Frank-Wolfe certificate is inf there.  This step
+    mixes ``B(eps) = (1 - eps) B + eps C``, C the unit-trace mean of the
+    collapsed pairs' principal directions (up to 8); ``f(B(eps)) = sum_p
+    sqrt((1 - eps) s_p^2 + eps q_p)`` is concave in eps and costs O(n) per
+    value from the current distances s_p and ``q_p = z_p^T C z_p`` (one
+    pass), so a golden-section search finds the best eps.  ``prob.dists``
+    must hold the distances at ``B = L L^T`` (value f); ``idx`` are the
+    collapsed pairs (:meth:`_Whitened.collapsed_pairs`).
+    """
+    K = _principal_directions(prob, idx, np.empty((prob.dim, 0)), 8)
+    if K.shape[1] == 0:
+        return None
+    K = K / np.sqrt(K.shape[1])
+    s2 = prob.dists**2
+    q = prob.pair_distances(K) ** 2
+
+    def value(eps):
+        return float(np.sqrt((1.0 - eps) * s2 + eps * q).sum())
+
+    lo, hi = 0.0, 1.0
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = value(a), value(b)
+    for _ in range(60):
+        if fa < fb:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = value(b)
+        else:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = value(a)
+    eps = a if fa >= fb else b
+    if not max(fa, fb) > f:
+        return None
+    return np.hstack([np.sqrt(1.0 - eps) * L, np.sqrt(eps) * K])
+
+
+def _principal_directions(prob, idx, Q, count):
+    """Up to ``count`` principal directions (d x m) of pairs ``idx`` off ``span(Q)``.
+
+    For collapsed pairs (:meth:`_Whitened.collapsed_pairs`): such a pair's
+    distance grows like the square root of a step along its difference, so f
+    has unbounded slope there and the gradient cannot see it (the pair adds
+    nothing, or next to nothing, to G): its direction must enter the iterate
+    or the subspace explicitly.
+    """
+    if idx.size == 0:
+        return np.empty((prob.dim, 0))
+    Zc = prob.rows(idx)
+    Zc = Zc - (Zc @ Q) @ Q.T if Q.shape[1] else Zc
+    norms = np.linalg.norm(Zc, axis=1)
+    Zc = Zc[norms > 1e-8 * max(norms.max(initial=0.0), np.finfo(float).tiny)]
+    if Zc.shape[0] == 0:
+        return np.empty((prob.dim, 0))
+    _, sv, Vt = np.linalg.svd(Zc, full_matrices=False)
+    return Vt[:count][sv[:count] > 1e-8 * sv[0]].T
+
+
+def _maximise_subspace(prob, B, L, *, max_iter, target, report, compiled,
+                       verbose=False):
+    """Maximise f by rounds over subspaces of the whitened feature space.
+
+    The optimum of MMC has low rank (a handful of directions even with
+    hundreds of features), and the gradient's top eigenvectors point at it.
+    Each round restricts the problem to ``B = Q C Q^T`` for an orthonormal
+    basis Q of a few dozen directions at most -- the range of the current
+    iterate plus the top eigenvectors of the full gradient above its
+    optimality level (and the directions of collapsed pairs) -- solves that
+    small problem (:func:`_maximise` on the n x k differences ``Z Q``,
+    O(n k^2) per iteration instead of O(n d^2) and O(k^3) eigendecompositions
+    instead of O(d^3)), and then takes one full pass: the full gradient's
+    top eigenvalue certifies the whole problem or its eigenvectors extend
+    the next basis.  On the benchmark data two rounds suffice.
+
+    Same arguments and return values as :func:`_maximise` (``gap`` is the
+    certified gap of the full problem).
+    """
+    d = prob.dim
+    f, G = prob.value_grad_factor(L)
+    if not f > 0:
+        _raise_no_dissimilar_distance()
+    n_iter = 0
+    stop = False
+    Q = np.empty((d, 0))
+    for rounds in range(_SUBSPACE_MAX_ROUNDS + 1):
+        collapsed = prob.collapsed()
+        m = min(d, _SUBSPACE_START if rounds == 0 else _SUBSPACE_ADD)
+        lam, U = _eigh_top(G, m)
+        gap = np.inf if collapsed else max(lam[-1] - 0.5 * f, 0.0) / max(
+            f, np.finfo(float).tiny)
+        if verbose and rounds:
+            print(f"mmc exact round {rounds} (subspace of {Q.shape[1]}): sum_D "
+                  f"dist = {f:.12g}, relative gap = {gap:.3e}")
+        if gap <= target or n_iter >= max_iter or stop:
+            return B, L, f, G, gap, n_iter, stop
+        if rounds == _SUBSPACE_MAX_ROUNDS:
+            break
+        # New directions: the gradient's eigenvectors above f / 2 (the level
+        # the optimum's range sits at), first the largest; in the first round
+        # all m of them, which span the start's best directions.
+        order = np.argsort(lam)[::-1]
+        new = U[:, order] if rounds == 0 else U[:, order[lam[order] > 0.5 * f]]
+        lost = _principal_directions(prob, prob.collapsed_pairs(L), Q,
+                                     _SUBSPACE_ADD)
+        if lost.shape[1]:
+            new = np.hstack([lost, new])
+        parts = [new, Q] if rounds == 0 else [L, new, Q]
+        Q_next = _orthonormal_basis(np.hstack(parts), _SUBSPACE_MAX)
+        if rounds and Q_next.shape[1] <= np.linalg.matrix_rank(L):
+            break  # nothing new to add: the subspace cannot help any more
+        Q = Q_next
+        sub = _Whitened.from_rows(prob.project(Q), prob.n_threads)
+        C = _sym(Q.T @ B @ Q)
+        if rounds == 0:
+            C /= max(np.trace(C), np.finfo(float).tiny)
+        lam_c, V_c = _eigh(C)
+        keep = lam_c > max(lam_c[-1], 0.0) * C.shape[0] * np.finfo(float).eps
+        L_c = V_c[:, keep] * np.sqrt(lam_c[keep])
+        done = n_iter
+        basis = Q
+
+        def sub_report(phase, get_C, f_, gap_, k, basis=basis, done=done):
+            def get_B():
+                C_ = get_C()
+                return _sym(basis @ C_ @ basis.T)
+            return report(phase, get_B if get_C is not None else None, f_, gap_,
+                          done + k)
+
+        inner_target = max(0.1 * target, min(_SUBSPACE_INNER_FIRST if rounds == 0
+                                             else 1.0, _SUBSPACE_INNER_RATIO * gap))
+        C, L_c, _, _, _, it, stop = _maximise(
+            sub, C, L_c, max_iter=max_iter - n_iter, target=inner_target,
+            report=sub_report, compiled=compiled)
+        n_iter += it
+        L = Q @ L_c
+        B = _sym(L @ L.T)
+        f, G = prob.value_grad_factor(L)
+        if it == 0:
+            break  # the subspace is solved and adds nothing: see below
+    # The rounds stopped helping (or took too long): the full problem from here.
+    B, L, f, G, gap, it, stop = _maximise(
+        prob, B, L, max_iter=max_iter - n_iter, target=target,
+        report=lambda phase, get_B, f_, gap_, k: report(phase, get_B, f_, gap_,
+                                                        n_iter + k),
+        compiled=compiled)
+    return B, L, f, G, gap, n_iter + it, stop
+
+
 def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
                 tol=1e-3, n_threads=1, callback=None, verbose=False):
     """Solve MMC with a full matrix to its optimum.
@@ -558,19 +1103,11 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     Maximises ``sum_D ||x-y||_A`` subject to ``sum_S ||x-y||_A^2 <= t`` and
     A PSD, where ``t = <A0, M_S> / 100`` as in metric-learn (so the result has
     metric-learn's scale).  Whitening by the (shrunk) S-matrix turns both
-    constraints into the spectraplex ``{B PSD, trace(B) <= 1}``.  Spectral
-    projected gradient (Barzilai-Borwein steps, non-monotone line search)
-    makes fast progress and finds the low-rank face the optimum lies on; its
-    iterates are low-rank, so every pass over the pairs goes through the
-    factor ``B = L L^T`` (distances at 2 n d r flops) and each projection
-    computes only the top eigenpairs.  When its linear rate predicts more
-    work than a Newton round (badly conditioned data), a Riemannian Newton
-    method on the factor L converges quadratically.  Optimality is certified
-    by the Frank-Wolfe duality gap ``lambda_max(grad) - <grad, B>`` (one
-    eigenvalue), or, when some pairs are (nearly) collapsed, by the floored
-    bound of :func:`_dual_gap`; above 48 features the gap is only bounded
-    from below (a Ritz value, O(d^2 r)) while that bound shows the solver
-    cannot stop yet, and taken exactly otherwise.
+    constraints into the spectraplex ``{B PSD, trace(B) <= 1}``; the concave
+    problem there is solved by :func:`_maximise` (projected gradient and
+    Newton on the factor, certified by the duality gap), above
+    ``_SUBSPACE_MIN_D`` features in rounds over small subspaces
+    (:func:`_maximise_subspace`).
 
     Parameters
     ----------
@@ -608,7 +1145,7 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         )
     M = M_S if shrinkage == 0 else (
         (1.0 - shrinkage) * M_S + shrinkage * np.trace(M_S) / d * np.eye(d))
-    prob = _Whitened(dissimilar, M, n_threads)
+    prob = _Whitened.from_matrix(dissimilar, M, n_threads)
     target = min(max(1e-5 * tol, TOLERANCE_FLOOR), 1e-3)
     # metric-learn's scale puts sum_S ||x-y||_A^2 at t.  When the optimum lies
     # where the similar pairs do not vary that sum is 0, so the scale is taken
@@ -629,162 +1166,23 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         B = prob.to_B(A0)
         B, lam, V = _project_spectraplex(B / max(np.trace(B), np.finfo(float).tiny))
     L = V * np.sqrt(lam)
-    Z = (prob.whitened_diffs() if callback is None and max_iter > 0
-         and d <= _COMPILED_MAX_D
-         and dissimilar.n_pairs * d**2 <= _COMPILED_MAX_WORK else None)
-    f, G = (np.inf, None) if Z is not None else prob.value_grad_factor(L)
     history = []
 
-    last_floored = -10
-    floor_every = 3
-
-    def measure(f_before):
-        # The Frank-Wolfe gap is certified and costs one eigenvalue.  Near
-        # the end, or while progress is slow, the floored bound can be much
-        # tighter -- but only when some pairs are nearly collapsed (their
-        # 1 / dist weights inflate the Frank-Wolfe gap on badly conditioned
-        # data); with every distance above 1% of the mean no floor
-        # can gain much.  It costs a sort of the distances and a few dozen
-        # small eigenvalue problems, so it is taken at most every third
-        # iteration, and ever more rarely while it does not help.
-        # Away from the end the Frank-Wolfe gap is only bounded from below
-        # (see fw_gap_bound): that decides "not yet" as well, and every value
-        # returned at or below target is certified (exact or floored).
-        nonlocal last_floored, floor_every, certified
-        fw, certified = prob.fw_gap_bound(f, G, L, target)
-        if fw <= target:
-            return fw
-        slow = f_before is not None and f - f_before <= 1e2 * target * f
-        if not ((fw <= 1e3 * target or slow or not np.isfinite(fw))
-                and n_iter - last_floored >= floor_every):
-            return fw
-        if np.isfinite(fw):
-            positive = prob.dists[prob.dists > 0]
-            n_moving = max(dissimilar.n_pairs - prob.n_identical, 1)
-            if positive.size and positive.min() > 0.01 * f / n_moving:
-                return fw
-        last_floored = n_iter
-        floored = _dual_gap(prob, f, G)
-        floor_every = 3 if floored < 0.5 * fw else 2 * floor_every
-        if floored <= fw:
-            certified = True
-        return min(fw, floored)
-
-    n_iter = 0
-    certified = True
-    stop = False
-    compiled_gaps = []
-    compiled_slow = False
-    if Z is not None:
-        B = np.array(B, dtype=np.float64, order="C")
-        # (the compiled loop hands over long before this many iterations)
-        budget = min(max_iter, _COMPILED_MAX_ITER)
-        hist = np.empty(budget)
-        gaps_c = np.empty(budget)
-        n_iter, f, gap, G, status = spg_spectraplex(
-            Z, B, budget, target, prob.n_identical, _COMPILED_PATIENCE,
-            hist, gaps_c)
-        history.extend(hist[:n_iter].tolist())
-        if verbose:
-            for k in range(n_iter):
-                print(f"mmc exact iter {k + 1} (gradient): sum_D dist = "
-                      f"{hist[k]:.12g}, relative gap = {gaps_c[k]:.3e}")
-        if status == 3:
-            _raise_no_dissimilar_distance()
-        compiled_gaps = [g for g in gaps_c[:n_iter].tolist() if np.isfinite(g)]
-        compiled_slow = status == 1 and n_iter < max_iter and np.isfinite(gap)
-        if status != 0:
-            # Not certified: the Python loop (floored certificate, Newton on
-            # the factor) carries on from here, with B's factor.
-            lam, V = _eigh(B)
-            keep = lam > max(lam[-1], 0.0) * d * np.finfo(float).eps
-            L = V[:, keep] * np.sqrt(lam[keep])
-            B = _sym(L @ L.T)
-            f, G = prob.value_grad_factor(L)
-            gap = measure(None)
-    else:
-        if not f > 0:
-            _raise_no_dissimilar_distance()
-        gap = measure(None)
-
-    def report(phase):
-        nonlocal stop
+    def report(phase, get_B, f, gap, n_iter):
         history.append(f)
         if verbose:
             print(f"mmc exact iter {n_iter} ({phase}): sum_D dist = {f:.12g}, "
                   f"relative gap = {gap:.3e}")
-        if callback is not None and callback(scaled(B), n_iter):
-            stop = True
+        return bool(callback is not None and get_B is not None
+                    and callback(scaled(get_B()), n_iter))
 
-    alpha = 1.0 / max(np.linalg.norm(G), np.finfo(float).tiny)
-    recent = [f]
-    since_newton = len(compiled_gaps)
-    gaps = compiled_gaps
-    newton_failed = False
-    while gap > target and n_iter < max_iter and not stop:
-        # Projected gradient: fast global progress; it converges in a few
-        # dozen steps on well-conditioned data.  The compiled loop hands over
-        # when its rate calls for Newton: then Newton goes first.
-        f_before = f
-        force_newton, compiled_slow = compiled_slow, False
-        if force_newton:
-            B_new, spg_stalled = None, False
-        else:
-            B_new, L_new, f_new, G_new, alpha = _spg_step(prob, B, L, f, G,
-                                                           alpha, recent)
-            spg_stalled = B_new is None
-        if B_new is not None:
-            n_iter += 1
-            since_newton += 1
-            B, L, f, G = B_new, L_new, f_new, G_new
-            recent.append(f)
-            gap = measure(f_before)
-            report("gradient")
-            if gap <= target or stop or n_iter >= max_iter:
-                break
-            if np.isfinite(gap):
-                gaps.append(gap)
-        if not (spg_stalled or force_newton) and since_newton < _NEWTON_EVERY:
-            continue
-        lam = np.sum(L * L, axis=0)  # B's nonzero eigenvalues
-        r = int(np.sum(lam > 1e-9 * lam.max()))
-        if d * r > _MAX_NEWTON_VARS:
-            if spg_stalled:
-                break
-            continue
-        if not (spg_stalled or force_newton) and not _newton_pays(
-                gaps, gap, target, d, r, dissimilar.n_pairs):
-            continue
-        # Projected gradient is slow (badly conditioned data, where the range
-        # of B must rotate) or stuck: Newton on the factor L of B = L L^T.
-        since_newton = 0
-        gaps = []
-        f_before = f
-        B_new, L_new, f_new, _ = _factor_newton(prob, B, f, r, 1e-2 * target**2, 20,
-                                                 target)
-        if L_new is not None:
-            # Accepted steps keep f to within rounding; near the optimum they
-            # show as a smaller gap rather than a larger f.
-            gap_before = gap
-            n_iter += 1
-            B, L = B_new, L_new
-            f, G = prob.value_grad_factor(L)
-            recent.append(f)
-            gap = measure(f_before)
-            report("newton")
-            progressed = f > f_before or gap < gap_before
-            if not progressed and (spg_stalled or newton_failed):
-                break
-            newton_failed = not progressed
-        elif spg_stalled or newton_failed:
-            break  # neither method can improve f any further
-        else:
-            newton_failed = True
-    if not certified:
-        # Stopped by max_iter, a callback or a stall with the last gap only
-        # bounded from below: report the certified one at B.
-        f, G = prob.value_grad_factor(L)
-        gap = prob.fw_gap(f, G)
+    common = dict(max_iter=max_iter, target=target, report=report,
+                  compiled=callback is None)
+    if d > _SUBSPACE_MIN_D and max_iter > 0:
+        B, L, f, G, gap, n_iter, stop = _maximise_subspace(
+            prob, B, L, verbose=verbose, **common)
+    else:
+        B, L, f, G, gap, n_iter, stop = _maximise(prob, B, L, **common)
     converged = gap <= target
     if not converged and not stop:
         _warn_not_converged("MMC (exact)", n_iter, f"relative gap {gap:.2e}")

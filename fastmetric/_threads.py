@@ -168,22 +168,6 @@ def _release_blas_control(libs):
 
 
 @contextmanager
-def blas_threads(num_threads):
-    """Let BLAS use ``num_threads`` threads for one large dense operation.
-
-    Inside a fit BLAS is held at one thread (see :func:`kernel_threads`); a
-    long single BLAS call with no kernel running beside it (a Newton Hessian)
-    may use all threads without oversubscribing.
-
-    Parameters
-    ----------
-    num_threads : int
-    """
-    with _controller().limit(limits=num_threads, user_api="blas"):
-        yield
-
-
-@contextmanager
 def numba_threads(num_threads):
     """Run Numba ``parallel=True`` kernels with ``num_threads`` threads.
 

@@ -452,3 +452,44 @@ def test_float32_data_is_computed_in_float64(num_threads):
         outs.append((f, grad, dists, s))
     for u, v in zip(*outs, strict=True):
         assert np.array_equal(u, v)
+
+
+def ref_factor_hessian(X, i, j, P, L):
+    D = _diffs(X, i, j)
+    Z = D if P.size == 0 else D @ P
+    Y = Z @ L
+    s = np.sqrt(np.einsum("pk,pk->p", Y, Y))
+    ok = s > 0
+    Psi = np.concatenate([Z * Y[:, c:c + 1] for c in range(L.shape[1])], axis=1)
+    Psi = Psi[ok] / s[ok, None] ** 1.5
+    scale = np.abs(Psi).T @ np.abs(Psi)
+    return s.sum(), Psi.T @ Psi, scale
+
+
+@grid
+@dims
+@dtypes
+@threads
+@pytest.mark.parametrize("whiten", [False, True])
+def test_factor_hessian(n_pairs, d, dtype, num_threads, whiten):
+    X, i, j, _ = _case(n_pairs, d, dtype)
+    rng = np.random.default_rng(5)
+    k = max(d - 1, 1) if whiten else d
+    P = rng.normal(size=(d, k)) if whiten else np.empty((0, 0))
+    L = rng.normal(size=(k, 2))
+    H = np.full((2 * k, 2 * k), np.nan)
+    f = _pairs.factor_hessian(X, i, j, P, L, H, num_threads)
+    f_ref, H_ref, scale = ref_factor_hessian(X, i, j, P, L)
+    _assert_close(f, f_ref, max(f_ref, 1.0), dtype, factor=4.0)
+    _assert_close(H, H_ref, scale, dtype, factor=16.0)
+    assert np.array_equal(H, H.T)
+
+
+def test_factor_hessian_rejects_bad_shapes():
+    X, i, j, _ = _case(10, 4, np.float64)
+    with pytest.raises(ValueError, match="factor_hessian"):
+        _pairs.factor_hessian(X, i, j, np.empty((0, 0)), np.ones((3, 2)),
+                              np.empty((6, 6)), 1)
+    with pytest.raises(ValueError, match="factor_hessian"):
+        _pairs.factor_hessian(X, i, j, np.ones((4, 3)), np.ones((3, 2)),
+                              np.empty((5, 5)), 1)

@@ -1,0 +1,239 @@
+"""The exact MMC solver above ``_SUBSPACE_MIN_D`` features: rounds over subspaces.
+
+Each round solves the problem restricted to a small subspace and certifies
+(or extends) it with one full gradient; the result must be the optimum of
+the whole problem.  Checked against the plain-NumPy reference solver
+(:mod:`fastmetric._reference`) on well- and ill-conditioned data, with
+shrinkage, other inits, float32 data, collapsed pairs, and against the same
+solver run on the full problem (subspaces switched off).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+import fastmetric._mmc_exact as exact
+from fastmetric import MMC
+from fastmetric._reference import mmc_exact_numpy, mmc_objective_numpy
+
+
+def _problem(d, n_pairs, seed, n_points=400, k=4, correlated=False):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n_points)
+    X = rng.normal(size=(n_points, d)) + 1.5 * rng.normal(size=(k, d))[y]
+    if correlated:
+        # a few latent factors plus little noise: a badly conditioned S-matrix
+        X = X[:, :6] @ rng.normal(size=(6, d)) + 0.05 * rng.normal(size=(n_points, d))
+    X *= rng.uniform(0.3, 3.0, size=d)
+    pairs = rng.integers(0, n_points, size=(n_pairs, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    labels = np.where(y[pairs[:, 0]] == y[pairs[:, 1]], 1, -1)
+    return X, pairs, labels
+
+
+def _reference_J(X, pairs, labels, **kw):
+    sim, dis = pairs[labels == 1], pairs[labels == -1]
+    A_ref, _, gap = mmc_exact_numpy(X, sim, dis, gap_tol=1e-11, max_iter=20000, **kw)
+    assert gap <= 1e-11
+    return mmc_objective_numpy(X, sim, dis, A_ref), A_ref
+
+
+def _J(X, pairs, labels, A):
+    return mmc_objective_numpy(X, pairs[labels == 1], pairs[labels == -1], A)
+
+
+@pytest.mark.parametrize("d,n_pairs,seed", [(40, 800, 0), (64, 3000, 1), (90, 600, 2)])
+def test_subspace_rounds_reach_the_reference_optimum(d, n_pairs, seed):
+    assert d > exact._SUBSPACE_MIN_D
+    X, pairs, labels = _problem(d, n_pairs, seed)
+    J_ref, A_ref = _reference_J(X, pairs, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = MMC(preprocessor=X).fit(pairs, labels)
+    assert model.converged_
+    J = _J(X, pairs, labels, model.A_)
+    assert J == pytest.approx(J_ref, rel=1e-8)
+    assert J <= J_ref * (1 + 1e-11)
+    # metric-learn's scale, and the same matrix to the square root of the gap
+    np.testing.assert_allclose(model.A_, A_ref, rtol=0, atol=1e-3 * np.abs(A_ref).max())
+    w = np.linalg.eigvalsh(model.A_)
+    assert w.min() >= -1e-10 * w.max()
+
+
+def test_subspace_rounds_on_ill_conditioned_data():
+    X, pairs, labels = _problem(48, 3000, 3, correlated=True)
+    J_ref, _ = _reference_J(X, pairs, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # S-matrix nearly singular
+        model = MMC(preprocessor=X).fit(pairs, labels)
+    assert model.converged_
+    assert _J(X, pairs, labels, model.A_) == pytest.approx(J_ref, rel=1e-7)
+
+
+@pytest.mark.parametrize("shrinkage", [0.05, 0.5])
+def test_subspace_rounds_with_shrinkage(shrinkage):
+    X, pairs, labels = _problem(50, 1500, 4)
+    sim, dis = pairs[labels == 1], pairs[labels == -1]
+    A_ref = mmc_exact_numpy(X, sim, dis, shrinkage=shrinkage, gap_tol=1e-11)[0]
+    model = MMC(preprocessor=X, shrinkage=shrinkage).fit(pairs, labels)
+    assert model.converged_
+    # the shrunk problem's objective: J under the shrunk S-matrix
+    zs = X[sim[:, 0]] - X[sim[:, 1]]
+    zd = X[dis[:, 0]] - X[dis[:, 1]]
+    M_S = zs.T @ zs
+    M = (1 - shrinkage) * M_S + shrinkage * np.trace(M_S) / X.shape[1] * np.eye(50)
+
+    def J_shrunk(A):
+        return np.sqrt(np.einsum("pk,kl,pl->p", zd, A, zd).clip(0)).sum() / np.sqrt(
+            np.sum(A * M))
+
+    assert J_shrunk(model.A_) == pytest.approx(J_shrunk(A_ref), rel=1e-8)
+
+
+@pytest.mark.parametrize("init", ["random", "covariance"])
+def test_subspace_rounds_from_other_inits(init):
+    X, pairs, labels = _problem(40, 1500, 5)
+    J_ref, _ = _reference_J(X, pairs, labels)
+    model = MMC(preprocessor=X, init=init, random_state=0).fit(pairs, labels)
+    assert model.converged_
+    assert _J(X, pairs, labels, model.A_) == pytest.approx(J_ref, rel=1e-8)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_subspace_rounds_agree_with_the_full_problem(monkeypatch, dtype, n_jobs):
+    X, pairs, labels = _problem(45, 2500, 6)
+    X = X.astype(dtype)
+    sub = MMC(preprocessor=X, n_jobs=n_jobs).fit(pairs, labels)
+    monkeypatch.setattr(exact, "_SUBSPACE_MIN_D", 10_000)
+    full = MMC(preprocessor=X, n_jobs=n_jobs).fit(pairs, labels)
+    assert sub.converged_ and full.converged_
+    J_sub, J_full = (_J(X, pairs, labels, m.A_) for m in (sub, full))
+    assert J_sub == pytest.approx(J_full, rel=1e-8)
+
+
+def test_subspace_rounds_report_every_iteration_and_obey_max_iter():
+    X, pairs, labels = _problem(40, 1500, 7)
+    calls = []
+    model = MMC(preprocessor=X, callback=lambda A, k: calls.append((A, k))).fit(
+        pairs, labels)
+    assert [k for _, k in calls] == list(range(1, model.n_iter_ + 1))
+    np.testing.assert_allclose(calls[-1][0], model.A_, rtol=1e-10,
+                               atol=1e-12 * np.abs(model.A_).max())
+    for A, _ in calls[:: max(1, len(calls) // 5)]:
+        assert np.linalg.eigvalsh(A).min() >= -1e-10 * np.abs(A).max()
+    J_ref, _ = _reference_J(X, pairs, labels)
+    assert _J(X, pairs, labels, model.A_) == pytest.approx(J_ref, rel=1e-8)
+    short = max(2, model.n_iter_ // 2)
+    with pytest.warns(ConvergenceWarning):
+        stopped = MMC(preprocessor=X, max_iter=short).fit(pairs, labels)
+    assert stopped.n_iter_ <= short and not stopped.converged_
+    assert _J(X, pairs, labels, stopped.A_) <= J_ref * (1 + 1e-11)
+
+
+@pytest.mark.parametrize("d", [6, 40])
+@pytest.mark.parametrize("delta", [0.05, 1.0, 20.0])
+def test_a_direction_only_one_pair_varies_in_gets_its_weight(d, delta):
+    # One dissimilar pair differs only in an extra feature k, by delta, and one
+    # similar pair only in k, by 1; no other pair varies in k.  The problem
+    # splits: with F the optimal J without the two pairs, the optimum is
+    # sqrt(F^2 + delta^2), and it puts a small weight on k.  Projected
+    # gradient clips that weight to exactly 0 on its way (the pair then adds
+    # nothing to the gradient although f has unbounded slope there) and
+    # stalled short of the optimum, silently for the NumPy reference.
+    X, pairs, labels = _problem(d, 1200, 8)
+    n = len(X)
+    Xk = np.hstack([X, np.zeros((n, 1))])
+    a, c = Xk[0].copy(), Xk[1].copy()
+    a[-1], c[-1] = delta, 1.0
+    X2 = np.vstack([Xk, a, c])
+    pairs2 = np.concatenate([pairs, [[0, n], [1, n + 1]]])
+    labels2 = np.r_[labels, -1, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        rest = MMC(preprocessor=X).fit(pairs, labels)
+        model = MMC(preprocessor=X2).fit(pairs2, labels2)
+    F = _J(X, pairs, labels, rest.A_)
+    assert model.converged_
+    assert _J(X2, pairs2, labels2, model.A_) == pytest.approx(
+        np.sqrt(F**2 + delta**2), rel=1e-8)
+
+
+@pytest.mark.parametrize("weight", [0.0, 1e-60, 1e-30, 1e-12, 1e-6])
+def test_floored_certificate_bounds_the_optimum_near_a_collapse(weight):
+    # Whitened differences: 300 rows in the first 4 coordinates and one row
+    # delta e_5.  The optimum is sqrt(F^2 + delta^2) (F: the 4-D problem's).
+    # At points that give e_5 (almost) no weight, the pair is (nearly)
+    # collapsed, its 1 / dist term dominates the gradient, and the floored
+    # bound must still lie above the optimum.
+    rng = np.random.default_rng(0)
+    delta = 1.0
+    Z4 = rng.normal(size=(300, 4)) * [3.0, 1.0, 0.5, 0.2]
+    X4 = np.vstack([Z4, np.zeros((1, 4))])
+    dis4 = np.stack([np.arange(300), np.full(300, 300)], 1)
+    # similar pairs e_k - 0: S-matrix I, so the whitened problem is Z itself
+    X4s = np.vstack([X4, np.eye(4)])
+    sim4 = np.stack([301 + np.arange(4), np.full(4, 300)], 1)
+    A4 = mmc_exact_numpy(X4s, sim4, dis4, gap_tol=1e-13)[0]
+    B4 = A4 / np.trace(A4)
+    F = np.sqrt(np.einsum("pk,kl,pl->p", Z4, B4, Z4)).sum()
+    f_star = np.sqrt(F**2 + delta**2)
+    Z = np.zeros((302, 5))
+    Z[:300, :4] = Z4
+    Z[300, 4] = delta
+    prob = exact._Whitened.from_rows(Z, 1)
+    B = np.zeros((5, 5))
+    B[:4, :4] = (1 - weight) * B4
+    B[4, 4] = weight
+    lam, V = np.linalg.eigh(B)
+    keep = lam > 0
+    L = V[:, keep] * np.sqrt(lam[keep])
+    f, G = prob.value_grad_factor(L)
+    gap = exact._dual_gap(prob, f, G)
+    assert f < f_star
+    assert f * (1 + gap) >= f_star * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("whitened", [False, True])
+def test_factor_derivatives_match_finite_differences(whitened):
+    # f(L) = sum_p ||L^T z_p||: gradient and Hessian (column-major vec
+    # coordinates) against central differences, through the compiled pass.
+    rng = np.random.default_rng(11)
+    d, r, n = 6, 2, 400
+    X = rng.normal(size=(80, d))
+    i = rng.integers(0, 80, n).astype(np.intp)
+    j = ((i + rng.integers(1, 80, n)) % 80).astype(np.intp)
+    from fastmetric._validation import PairData
+
+    pairs = PairData(X, i, j)
+    if whitened:
+        M = (X[i] - X[j]).T @ (X[i] - X[j]) + np.eye(d)
+        prob = exact._Whitened.from_matrix(pairs, M, 1)
+    else:
+        Z = np.vstack([X[i] - X[j], np.zeros((1, d))])
+        prob = exact._Whitened.from_rows(np.ascontiguousarray(Z), 1)
+    L0 = rng.normal(size=(d, r))
+
+    def value(vec):
+        return prob.value_factor(vec.reshape(d, r, order="F"))
+
+    def gradient(vec):
+        L = vec.reshape(d, r, order="F")
+        _, G = prob.value_grad_factor(L)
+        return (2.0 * G @ L).reshape(-1, order="F")
+
+    f0, G0 = prob.value_grad_factor(L0)
+    f, grad, H = exact._factor_derivatives(prob, L0, G0)
+    x0 = L0.reshape(-1, order="F")
+    assert f == pytest.approx(value(x0), rel=1e-12)
+    np.testing.assert_allclose(grad.reshape(-1, order="F"), gradient(x0), rtol=1e-12)
+    step = 1e-6
+    fd_grad = np.array([(value(x0 + step * e) - value(x0 - step * e)) / (2 * step)
+                        for e in np.eye(d * r)])
+    np.testing.assert_allclose(grad.reshape(-1, order="F"), fd_grad, rtol=1e-6,
+                               atol=1e-7 * np.abs(fd_grad).max())
+    fd_hess = np.array([(gradient(x0 + step * e) - gradient(x0 - step * e))
+                        / (2 * step) for e in np.eye(d * r)]).T
+    np.testing.assert_allclose(H, fd_hess, rtol=1e-5, atol=1e-6 * np.abs(H).max())
