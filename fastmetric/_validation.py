@@ -287,11 +287,13 @@ def check_pair_scale(data, name="pairs", *, chunk=8192):
     """Raise ``ValueError`` if squared pair distances would overflow or underflow.
 
     Finite data can still break the kernels: they sum squared differences in
-    the data's dtype, so differences above about ``sqrt(max / (n_pairs d))``
-    overflow to infinity, and differences whose squares are subnormal lose
-    all precision (and the solvers then see a zero or singular S-matrix).
-    Both are a matter of units, so the message asks the user to rescale.
-    The check reads the differences in chunks (O(chunk x d) memory).
+    float64, so differences above about ``sqrt(max / (n_pairs d))`` overflow
+    to infinity, and differences whose squares are subnormal lose all
+    precision (and the solvers then see a zero or singular S-matrix).  Both
+    are a matter of units, so the message asks the user to rescale.  float32
+    data can do neither (its range squared fits float64's many times over).
+    The check reads the differences in chunks (O(chunk x d) memory), unless
+    the data's largest entry and a probe of a few hundred pairs settle it.
 
     Parameters
     ----------
@@ -302,7 +304,9 @@ def check_pair_scale(data, name="pairs", *, chunk=8192):
         Pairs per chunk.
     """
     X, i, j = data.X, data.i, data.j
-    info = np.finfo(X.dtype)
+    if X.dtype != np.float64:
+        return
+    info = np.finfo(np.float64)
     # Headroom of 1e-6 below the largest float leaves room for the scale of A.
     upper = np.sqrt(float(info.max) * 1e-6 / (data.n_pairs * data.n_features))
     # Squares below tiny / eps are subnormal or carry too few digits.
@@ -310,35 +314,33 @@ def check_pair_scale(data, name="pairs", *, chunk=8192):
 
     def largest_in(start, size=chunk):
         sl = slice(start, start + size)
-        # float64 differences: float32 data may not overflow here.
-        diff = X[i[sl]].astype(np.float64) - X[j[sl]]
+        with np.errstate(over="ignore", invalid="ignore"):
+            diff = X[i[sl]] - X[j[sl]]
         return float(np.max(np.abs(diff), initial=0.0))
 
+    if data.n_pairs > chunk and X.shape[0] <= data.n_pairs:
+        # No difference exceeds twice the largest entry, and the probe's
+        # largest is a lower bound: when those two settle both checks the
+        # full scan (most of a small fit) is skipped.  (Whole-array
+        # reductions: a per-column one costs more than the scan on narrow X.)
+        bound = 2.0 * max(float(X.max()), -float(X.min()))
+        if bound <= upper and largest_in(0, 256) >= lower:
+            return
     largest = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        if data.n_pairs > chunk and X.shape[0] <= data.n_pairs:
-            # No difference exceeds the widest column range of X, and the
-            # first chunk's largest is a lower bound: when those two settle
-            # both checks the full scan (most of a small fit) is skipped.
-            widest = float(np.max(np.max(X, axis=0).astype(np.float64)
-                                  - np.min(X, axis=0)))
-            # (a few hundred pairs nearly always settle the lower bound)
-            if widest <= upper and largest_in(0, 256) >= lower:
-                return
-        for start in range(0, data.n_pairs, chunk):
-            largest = max(largest, largest_in(start))
+    for start in range(0, data.n_pairs, chunk):
+        largest = max(largest, largest_in(start))
     if largest == 0.0:
         return  # all pairs identical: the solvers report that themselves
     if not largest <= upper:
         raise ValueError(
             f"{name} has differences up to {largest:.3g}: their squared distances "
-            f"overflow {X.dtype} (limit about {upper:.3g} for {data.n_pairs} pairs "
+            f"overflow float64 (limit about {upper:.3g} for {data.n_pairs} pairs "
             f"of {data.n_features} features); rescale the data"
         )
     if largest < lower:
         raise ValueError(
             f"{name} has differences of at most {largest:.3g}: their squares "
-            f"underflow {X.dtype} (need differences above {lower:.3g}); rescale "
+            f"underflow float64 (need differences above {lower:.3g}); rescale "
             "the data"
         )
 
