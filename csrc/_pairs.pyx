@@ -568,3 +568,41 @@ def factor_hessian(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     _symmetrize_sum(acc, nt, m, H)
     free(acc)
     return total
+
+
+def pair_project(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                 const Py_ssize_t[::1] j, const double[:, ::1] W,
+                 double[:, ::1] out, int num_threads=1):
+    """Projected differences ``out[p] = (X[i[p]] - X[j[p]]) @ W``, blockwise.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, d), float32 or float64
+    i, j : ndarray of intp, shape (n_pairs,)
+    W : ndarray of shape (d, k), float64
+    out : ndarray of shape (n_pairs, k), float64
+        Overwritten (extra rows beyond n_pairs are left alone).
+    num_threads : int
+    """
+    cdef Py_ssize_t n_pairs = i.shape[0]
+    cdef int d = <int> X.shape[1]
+    cdef int k = <int> W.shape[1]
+    if W.shape[0] != d or out.shape[1] != k or out.shape[0] < n_pairs:
+        raise ValueError("pair_project: need W (d, k) and out (>= n_pairs, k)")
+    cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t blk, start, stop
+    cdef double *diff
+    if n_pairs == 0 or k == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        diff = <double *> malloc(BLOCK * d * sizeof(double))
+        for blk in prange(n_blocks, schedule='static'):
+            start = blk * BLOCK
+            stop = start + BLOCK
+            if stop > n_pairs:
+                stop = n_pairs
+            _gather(X, i, j, start, stop, diff)
+            # row-major out_block = diff W: column-major W^T diff^T
+            _gemm_nn(k, <int> (stop - start), d, <double *> &W[0, 0], k, diff, d,
+                     &out[start, 0], k)
+        free(diff)

@@ -171,30 +171,35 @@ class _Whitened:
         if self._Z is not None:
             return self._Z[idx]
         dis = self.dissimilar
-        D = np.empty((len(idx), dis.n_features))
-        gather_diff(dis.X, dis.i[idx], dis.j[idx], D)
-        return D if self.P is None else D @ self.P
+        sub = PairData(dis.X, np.ascontiguousarray(dis.i[idx]),
+                       np.ascontiguousarray(dis.j[idx]))
+        return self._projected(sub, self._whitener(), len(idx))
+
+    def _whitener(self):
+        return np.eye(self.dim) if self.P is None else np.ascontiguousarray(self.P)
+
+    def _projected(self, pairs, W, rows):
+        """``(X[i] - X[j]) @ W`` of ``pairs`` into a new (rows, k) array."""
+        out = np.zeros((rows, W.shape[1]))
+        flops = 2.0 * pairs.n_pairs * pairs.n_features * W.shape[1]
+        nt = threads_for(self.n_threads, flops)
+        with kernel_threads(nt):
+            _pairs.pair_project(pairs.X, pairs.i, pairs.j, W, out, nt)
+        return out
 
     def project(self, Q):
         """``[Z Q; 0]``: the differences in the basis Q (dim x k), with a zero row.
 
         The input of :meth:`from_rows` for the problem restricted to
-        ``span(Q)``; one pass, n dim k flops.
+        ``span(Q)``; one compiled pass, n dim k flops.
         """
-        out = np.zeros((self.n_pairs + 1, Q.shape[1]))
         if self._Z is not None:
+            out = np.zeros((self.n_pairs + 1, Q.shape[1]))
             np.matmul(self._Z, Q, out=out[:self.n_pairs])
             return out
-        dis = self.dissimilar
-        X, i, j = dis.X, dis.i, dis.j
-        PQ = Q if self.P is None else self.P @ Q
-        diff = np.empty((min(_BLOCK, dis.n_pairs), X.shape[1]))
-        for start in range(0, dis.n_pairs, _BLOCK):
-            sl = slice(start, start + _BLOCK)
-            m = len(i[sl])
-            gather_diff(X, i[sl], j[sl], diff[:m])
-            np.matmul(diff[:m], PQ, out=out[start:start + m])
-        return out
+        W = Q if self.P is None else self.P @ Q
+        return self._projected(self.dissimilar, np.ascontiguousarray(W),
+                               self.n_pairs + 1)
 
     def _factor(self, L):
         return L if self.P is None else self.P @ L

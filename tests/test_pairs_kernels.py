@@ -493,3 +493,19 @@ def test_factor_hessian_rejects_bad_shapes():
     with pytest.raises(ValueError, match="factor_hessian"):
         _pairs.factor_hessian(X, i, j, np.ones((4, 3)), np.ones((3, 2)),
                               np.empty((5, 5)), 1)
+
+
+@grid
+@dims
+@dtypes
+@threads
+def test_pair_project(n_pairs, d, dtype, num_threads):
+    X, i, j, _ = _case(n_pairs, d, dtype)
+    W = np.random.default_rng(6).normal(size=(d, 3))
+    out = np.full((n_pairs + 1, 3), np.nan)
+    _pairs.pair_project(X, i, j, W, out, num_threads)
+    D = _diffs(X, i, j)
+    _assert_close(out[:n_pairs], D @ W, np.abs(D) @ np.abs(W), dtype, factor=2.0)
+    assert np.isnan(out[n_pairs]).all()  # rows beyond the pairs untouched
+    with pytest.raises(ValueError, match="pair_project"):
+        _pairs.pair_project(X, i, j, W[:, :2].copy(), out, num_threads)
