@@ -237,3 +237,30 @@ def test_factor_derivatives_match_finite_differences(whitened):
     fd_hess = np.array([(gradient(x0 + step * e) - gradient(x0 - step * e))
                         / (2 * step) for e in np.eye(d * r)]).T
     np.testing.assert_allclose(H, fd_hess, rtol=1e-5, atol=1e-6 * np.abs(H).max())
+
+
+def test_high_rank_optimum_hands_over_to_the_full_problem(monkeypatch):
+    # Random labels: no class structure, and an optimum of rank > 8, which
+    # subspace rounds would only approach a few directions at a time.
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(1000, 48)) * rng.uniform(0.5, 2.0, size=48)
+    pairs = rng.integers(0, 1000, size=(8000, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    labels = np.where(rng.random(len(pairs)) < 0.5, 1, -1)
+    handed = []
+    real = exact._maximise
+
+    def spy(prob, *args, **kwargs):
+        if prob.P is not None:  # the full problem, not a subspace
+            handed.append(1)
+        return real(prob, *args, **kwargs)
+
+    monkeypatch.setattr(exact, "_maximise", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model = MMC(preprocessor=X).fit(pairs, labels)
+    w = np.linalg.eigvalsh(model.A_)
+    assert np.sum(w > 1e-9 * w.max()) > exact._SUBSPACE_MAX_RANK
+    assert handed
+    J_ref, _ = _reference_J(X, pairs, labels)
+    assert _J(X, pairs, labels, model.A_) == pytest.approx(J_ref, rel=1e-8)
