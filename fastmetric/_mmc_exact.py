@@ -635,22 +635,36 @@ def _newton_pays(gaps, gap, target, d, r, n_pairs):
     return remaining > newton / iteration
 
 
-# A Newton step counts as cheap (see _maximise) up to this many gradient steps.
+# A Newton step counts as cheap (see _newton_pays_now) up to this many
+# gradient steps.
 _NEWTON_CHEAP_STEPS = 8
 _NEWTON_FACE_STEPS = 3
 _NEWTON_FACE_GAP = 1e-3
 
 
-def _newton_is_cheap(d, r, n_pairs):
-    """Whether a Newton step on a rank-r factor costs at most a few gradient steps.
+def _steps_left(gaps, gap, target, window=3):
+    """Projected-gradient steps to ``target`` at the rate of the last ``window``."""
+    if len(gaps) <= window or not (gaps[-1 - window] > 0 and gap > 0):
+        return np.inf
+    rate = (gap / gaps[-1 - window]) ** (1.0 / window)
+    if not rate < 1.0:
+        return np.inf
+    return np.log(target / gap) / np.log(rate)
 
-    Flops as in :func:`_newton_pays`, plus the Python overhead of either step
-    (about 0.1 ms for a gradient step, 0.3 ms for a Newton step) in flops.
+
+def _newton_pays_now(gaps, gap, target, d, r, n_pairs):
+    """Whether a Newton round on a rank-r factor beats the projected-gradient
+    steps still to go, priced as in :func:`_newton_pays` plus the Python
+    overhead of either step (about 0.1 ms for a gradient step, 0.3 ms for a
+    Newton step) in flops; a round takes about two Newton steps.  Only for
+    Newton steps of at most ``_NEWTON_CHEAP_STEPS`` gradient steps.
     """
     m = d * r
     iteration = n_pairs * (d**2 + 2.0 * m) + 40.0 * d**3 + 3e6
     newton = iteration + n_pairs * (2.0 * d**2 + m**2) + 20.0 * m**3 + 1e7
-    return m <= _MAX_NEWTON_VARS and newton <= _NEWTON_CHEAP_STEPS * iteration
+    ratio = newton / iteration
+    return (m <= _MAX_NEWTON_VARS and ratio <= _NEWTON_CHEAP_STEPS
+            and _steps_left(gaps, gap, target) > 2.0 * ratio)
 
 
 def _spg_step(prob, B, L, f, G, alpha, recent):
@@ -868,7 +882,7 @@ def _maximise(prob, B, L, *, max_iter, target, report, compiled):
         # found) and is close, Newton finishes in a step or two.
         face = (since_newton >= _NEWTON_FACE_STEPS and gap < _NEWTON_FACE_GAP
                 and len(set(ranks[-_NEWTON_FACE_STEPS:])) == 1
-                and _newton_is_cheap(d, ranks[-1], n_pairs))
+                and _newton_pays_now(gaps, gap, target, d, ranks[-1], n_pairs))
         if not (spg_stalled or force_newton or face) and \
                 since_newton < _NEWTON_EVERY:
             continue

@@ -149,7 +149,10 @@ default=None
     solver : {{'exact', 'ga-ip'}}, default='exact'
         Full-matrix solver.  ``'exact'`` solves the convex problem to its
         optimum (whitening by the S-matrix, spectral projected gradient on
-        ``{{B PSD, trace(B) <= 1}}`` and Newton steps on the optimal face).
+        ``{{B PSD, trace(B) <= 1}}`` and Newton steps on the optimal face;
+        above 32 features in rounds over subspaces of at most 32 directions,
+        each certified or extended by one full gradient), with a certified
+        duality gap.
         ``'ga-ip'`` is Xing et al.'s gradient ascent with iterative projections,
         step for step as metric-learn 0.7.0 (use it to reproduce old results);
         it usually stops well short of the optimum.
