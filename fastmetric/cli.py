@@ -14,12 +14,13 @@ import numpy as np
 DATASETS = ("wine", "iris", "breast_cancer")
 
 
-def _load(name):
+def _load(name, standardize=False):
     from sklearn import datasets
 
     loader = getattr(datasets, f"load_{name}")
     X, y = loader(return_X_y=True)
-    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    if standardize:
+        X = (X - X.mean(axis=0)) / X.std(axis=0)
     return X, y
 
 
@@ -38,7 +39,10 @@ def demo(args):
     Parameters
     ----------
     args : argparse.Namespace
-        ``dataset``, ``n_constraints``, ``shrinkage``, ``diagonal``, ``seed``.
+        ``dataset``, ``n_constraints``, ``shrinkage``, ``diagonal``, ``seed``,
+        ``standardize``.  The features stay in their own units unless
+        ``standardize``: learning the metric from the pairs then also learns
+        how to weigh them, which is what Euclidean K-means cannot.
 
     Returns
     -------
@@ -47,7 +51,7 @@ def demo(args):
     """
     from . import MMC_Supervised
 
-    X, y = _load(args.dataset)
+    X, y = _load(args.dataset, args.standardize)
     model = MMC_Supervised(n_constraints=args.n_constraints, diagonal=args.diagonal,
                            shrinkage=args.shrinkage, random_state=args.seed)
     start = time.perf_counter()
@@ -55,8 +59,9 @@ def demo(args):
     elapsed = time.perf_counter() - start
     A = model.get_mahalanobis_matrix()
     kind = "diagonal" if args.diagonal else "full"
+    units = "standardised" if args.standardize else "raw units"
     print(f"MMC ({kind}) on {args.dataset}: {X.shape[0]} points, {X.shape[1]} "
-          f"features, {args.n_constraints} similar + dissimilar pairs")
+          f"features ({units}), {args.n_constraints} similar + dissimilar pairs")
     print(f"fitted in {elapsed:.3f} s, {model.n_iter_} iterations, "
           f"converged={model.converged_}")
     print("learned Mahalanobis matrix A (scaled to max |A| = 1):")
@@ -89,7 +94,9 @@ def main(argv=None):
     p = sub.add_parser("demo", help="fit MMC on a built-in data set")
     p.add_argument("--dataset", choices=DATASETS, default="wine")
     p.add_argument("--n-constraints", type=int, default=200)
-    p.add_argument("--shrinkage", type=float, default=0.05)
+    p.add_argument("--shrinkage", type=float, default=0.0)
+    p.add_argument("--standardize", action="store_true",
+                   help="scale every feature to unit variance first")
     p.add_argument("--diagonal", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
