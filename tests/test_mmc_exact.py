@@ -264,3 +264,13 @@ def test_high_rank_optimum_hands_over_to_the_full_problem(monkeypatch):
     assert handed
     J_ref, _ = _reference_J(X, pairs, labels)
     assert _J(X, pairs, labels, model.A_) == pytest.approx(J_ref, rel=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_subspace_rounds_same_result_for_one_and_two_threads(monkeypatch, seed):
+    # Thread count changes only the order of the kernels' sums, never the path.
+    monkeypatch.setattr("fastmetric._threads._FLOPS_PER_THREAD", 0)
+    X, pairs, labels = _problem(40 + 10 * seed, 3000, seed)
+    A1 = MMC(preprocessor=X, n_jobs=1).fit(pairs, labels).A_
+    A2 = MMC(preprocessor=X, n_jobs=2).fit(pairs, labels).A_
+    assert np.linalg.norm(A2 - A1) <= 1e-10 * np.linalg.norm(A1)
