@@ -25,7 +25,6 @@ from ._mmc_common import (
     factor_dist_sum_and_grad,
     s_matrix,
 )
-from ._numba.mmc import gather_diff
 from ._threads import kernel_threads, threads_for
 from ._validation import PairData
 
@@ -124,46 +123,14 @@ class _Whitened:
     def to_B(self, A):
         return _sym(self.P_inv @ A @ self.P_inv.T)
 
-    def _gathered_blocks(self):
-        """Whitened differences of consecutive pairs, a block at a time (float64)."""
-        dis = self.dissimilar
-        X, i, j = dis.X, dis.i, dis.j
-        diff = np.empty((min(_BLOCK, dis.n_pairs), X.shape[1]))
-        for start in range(0, dis.n_pairs, _BLOCK):
-            sl = slice(start, start + _BLOCK)
-            m = len(i[sl])
-            gather_diff(X, i[sl], j[sl], diff[:m])
-            yield diff[:m] if self.P is None else diff[:m] @ self.P
-
-    def diff_blocks(self):
-        """The whitened dissimilar differences ``z_p``, float64, in blocks.
-
-        Kept after the first full pass when they fit in ``_CACHE_ELEMENTS`` (a
-        Newton round takes several passes); otherwise gathered afresh a block
-        at a time (O(block x d) memory).
-        """
-        if self._Z is not None:
-            for start in range(0, self._Z.shape[0], _BLOCK):
-                yield self._Z[start:start + _BLOCK]
-            return
-        keep = self.n_pairs * self.dissimilar.n_features <= _CACHE_ELEMENTS
-        blocks = []
-        for Z in self._gathered_blocks():
-            if keep:
-                blocks.append(Z.copy() if self.P is None else Z)
-            yield Z
-        if keep:
-            self._Z = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-                       ) if blocks else np.empty((0, self.dim))
-
     def whitened_diffs(self):
         """All whitened dissimilar differences as one (n, d) float64 array, or
-        None when they do not fit in ``_CACHE_ELEMENTS``."""
-        if self._Z is None and (self.n_pairs * self.dissimilar.n_features
-                                > _CACHE_ELEMENTS):
-            return None
-        for _ in self.diff_blocks():
-            pass
+        None when they do not fit in ``_CACHE_ELEMENTS``; kept once formed."""
+        if self._Z is None:
+            if self.n_pairs * self.dissimilar.n_features > _CACHE_ELEMENTS:
+                return None
+            self._Z = self._projected(self.dissimilar, self._whitener(),
+                                      self.n_pairs)
         return np.ascontiguousarray(self._Z)
 
     def rows(self, idx):
@@ -460,7 +427,6 @@ def _dual_gap(prob, f, G, max_subset=2048, n_floors=10):
 _MAX_NEWTON_VARS = 600
 # Projected-gradient steps between Newton attempts.
 _NEWTON_EVERY = 10
-_BLOCK = 4096
 # Whitened differences kept for Newton up to this many float64 values (32 MB).
 _CACHE_ELEMENTS = 4_000_000
 # Up to this many features (and while the whitened differences fit in

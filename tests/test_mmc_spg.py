@@ -312,18 +312,6 @@ def test_best_accuracy_cut_is_the_largest_best_threshold(seed):
     assert c == max(cc for cc, v in acc.items() if v == best)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gather_diff_matches_numpy(dtype):
-    from fastmetric._numba.mmc import gather_diff
-
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(30, 6)).astype(dtype)
-    i, j = rng.integers(0, 30, size=(2, 100)).astype(np.intp)
-    out = np.full((100, 6), np.nan)
-    gather_diff(X, i, j, out)
-    np.testing.assert_array_equal(out, X[i].astype(np.float64) - X[j])
-
-
 def test_tiny_dissimilar_difference_does_not_crash_the_diagonal_solver():
     X, sim, dis = _whitened_problem(3, 100, 7)
     X = np.vstack([X, X[:1]])

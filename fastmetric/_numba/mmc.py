@@ -1,8 +1,8 @@
 """Numba kernels for the MMC solvers and estimators that are not BLAS-shaped.
 
 Only ``@njit`` functions live here: the diagonal solver's passes over cached
-squared differences, the pair gather of the exact solver, and the accuracy
-threshold of :meth:`fastmetric.base.MahalanobisMixin.calibrate_threshold`.
+squared differences and the accuracy threshold of
+:meth:`fastmetric.base.MahalanobisMixin.calibrate_threshold`.
 No validation: callers pass C-contiguous arrays of matching shape.
 """
 
@@ -115,17 +115,6 @@ def gather_sq_diff_t(X, i, j, out):
         for k in range(d):
             diff = np.float64(X[a, k]) - np.float64(X[b, k])
             out[k, p] = diff * diff
-
-
-@njit(nogil=True, cache=True)
-def gather_diff(X, i, j, out):
-    """``out[p] = X[i[p]] - X[j[p]]`` in float64."""
-    d = X.shape[1]
-    for p in range(i.size):
-        a = i[p]
-        b = j[p]
-        for k in range(d):
-            out[p, k] = np.float64(X[a, k]) - np.float64(X[b, k])
 
 
 @njit(nogil=True, cache=True)
