@@ -89,7 +89,10 @@ class MahalanobisMixin(BaseEstimator):
         ndarray of shape (n_pairs,)
             ``sqrt((x - y)^T A (x - y))`` for each pair.
         """
-        data = self._fitted_pairs(pairs)
+        return self._distances(self._fitted_pairs(pairs))
+
+    def _distances(self, data):
+        """:meth:`pair_distance` of validated pairs (PairData)."""
         A = self.get_mahalanobis_matrix()
         n_threads = self._n_threads()
         # Learned metrics are often diagonal or of low rank: n d or 2 n d r
@@ -353,6 +356,11 @@ class _PairsClassifierMixin(ClassifierMixin):
         self._validate_calibration_params(strategy, min_rate, beta)
         scores = self.decision_function(pairs_valid)
         y_valid = check_pair_labels(y_valid, scores.shape[0], "y_valid")
+        return self._calibrate_scores(scores, y_valid, strategy, min_rate, beta)
+
+    def _calibrate_scores(self, scores, y_valid, strategy="accuracy", min_rate=None,
+                          beta=1.0):
+        """:meth:`calibrate_threshold` from validated scores and labels."""
         if strategy == "accuracy":
             # Pairs count as similar when score >= c; c ranges over every
             # score and max + 1 (no pair similar), the largest best c wins,

@@ -259,7 +259,9 @@ class MMC(_PairsClassifierMixin, _BaseMMC):
         # cores) can halve the speed of the next fit's solver.
         with kernel_threads():
             self._fit_pairs(data, labels)
-            self.calibrate_threshold(pairs, y, **calibration_params)
+            # calibrate_threshold(pairs, y) on the pairs validated above
+            self._calibrate_scores(-self._distances(data), labels,
+                                   **calibration_params)
         return self
 
 

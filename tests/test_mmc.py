@@ -369,12 +369,27 @@ def test_calibration_params_are_validated(params):
         MMC().fit(pairs, labels, calibration_params=params)
 
 
-def test_fit_calibration_params():
+@pytest.mark.parametrize("params", [
+    None,
+    {"strategy": "accuracy"},
+    {"strategy": "f_beta", "beta": 0.5},
+    {"strategy": "max_tpr", "min_rate": 0.9},
+    {"strategy": "max_tnr", "min_rate": 0.8},
+])
+@pytest.mark.parametrize("kw", [{}, {"diagonal": True}, {"solver": "ga-ip"}])
+@pytest.mark.parametrize("indexed", [False, True])
+def test_fit_calibration_params(params, kw, indexed):
+    # fit calibrates on the pairs it has validated already: the threshold
+    # must be exactly the one calibrate_threshold gives on the same pairs
     X, idx, pairs, labels = iris_pairs()
-    params = {"strategy": "max_tnr", "min_rate": 0.8}
-    model = MMC(n_jobs=1).fit(pairs, labels, calibration_params=params)
-    ref = clone(model).fit(pairs, labels).calibrate_threshold(pairs, labels, **params)
+    given = idx if indexed else pairs
+    make = (lambda: MMC(n_jobs=1, preprocessor=X, **kw)) if indexed else \
+        (lambda: MMC(n_jobs=1, **kw))
+    model = make().fit(given, labels, calibration_params=params)
+    ref = make().fit(given, labels).calibrate_threshold(given, labels,
+                                                       **(params or {}))
     assert model.threshold_ == ref.threshold_
+    assert np.isfinite(model.threshold_)
 
 
 def test_pair_labels_are_validated():
