@@ -789,7 +789,8 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
             for k in range(1, 10):
                 if recent[k] > ref:
                     ref = recent[k]
-            slack = 8.0 * DBL_EPS * fabs(ref)
+            # f's rounding (as _mmc_exact._rounding_slack)
+            slack = 8.0 * DBL_EPS * sqrt(<double> (n if n > 1 else 1)) * fabs(ref)
             step = 1.0
             while True:
                 for k in range(dd):
