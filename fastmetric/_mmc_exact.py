@@ -8,7 +8,7 @@ control flow only.
 import warnings
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg.lapack import dpotrf, dpotrs
 
 from . import _pairs
 from ._linalg import spg_spectraplex
@@ -425,6 +425,7 @@ def _dual_gap(prob, f, G, max_subset=2048, n_floors=10):
 # A Newton step on the factor L (d x r) costs O(n (d r)^2); beyond this many
 # variables it costs more than many projected-gradient steps.
 _MAX_NEWTON_VARS = 600
+_TINY = np.finfo(float).tiny
 # Projected-gradient steps between Newton attempts.
 _NEWTON_EVERY = 10
 # Whitened differences kept for Newton up to this many float64 values (32 MB).
@@ -456,7 +457,10 @@ def _factor_derivatives(prob, L, G):
     last sum needs the pass (:meth:`_Whitened.factor_hessian`).
     """
     f, H2 = prob.factor_hessian(L)
-    H = np.kron(np.eye(L.shape[1]), 2.0 * G) - H2
+    H = -H2
+    d = L.shape[0]
+    for a in range(L.shape[1]):  # + I_r (x) 2 G, block by block
+        H[a * d:(a + 1) * d, a * d:(a + 1) * d] += 2.0 * G
     return f, 2.0 * G @ L, H
 
 
@@ -480,19 +484,22 @@ def _tangent_newton_step(H, g, Q, f_L):
     # Pi Hf Pi = Hf - HQ Q^T - Q HQ^T + Q (Q^T Hf Q) Q^T
     C = HQ - 0.5 * (Q @ QHQ)
     Mpos = -Hf + C @ Q.T + Q @ C.T
-    c = max(float(np.max(np.abs(np.diag(Mpos)))), np.finfo(float).tiny)
+    c = max(float(np.abs(Mpos.diagonal()).max()), _TINY)
     Mpos += c * (Q @ Q.T)
     g_t = g - Q @ (Q.T @ g)
-    try:
-        chol = cho_factor(_sym(Mpos), lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
+    # LAPACK's Cholesky directly: scipy's cho_factor / cho_solve wrappers
+    # cost more than the factorisation at these sizes
+    chol, info = dpotrf(_sym(Mpos), lower=1, clean=0)
+    if info != 0:
         return None
-    diag = np.abs(np.diag(chol[0]))
+    diag = np.abs(chol.diagonal())
     # A nearly singular factor means a tangent direction of almost zero
     # curvature: the eigendecomposition route drops such directions.
     if not diag.min() > 1e-6 * diag.max():
         return None
-    x = cho_solve(chol, g_t, check_finite=False)
+    x, info = dpotrs(chol, g_t, lower=1)
+    if info != 0:
+        return None
     x -= Q @ (Q.T @ x)
     dec = float(g_t @ x)
     if not np.all(np.isfinite(x)) or not dec >= 0:
