@@ -265,6 +265,27 @@ class MMC(_PairsClassifierMixin, _BaseMMC):
         return self
 
 
+def _class_codes(y):
+    """Integer class codes for ``Constraints``, keeping unlabelled points out.
+
+    Numeric labels below zero mark unlabelled points (as in metric-learn's
+    ``Constraints``): they get code -1 and never enter a pair.  Other labels
+    (strings, say) are all classes.  Returns the codes, the number of distinct
+    values of ``y`` and the number of classes.
+    """
+    y = np.asarray(y)
+    values, codes = np.unique(y, return_inverse=True)
+    codes = codes.reshape(-1).astype(np.intp)
+    if y.dtype.kind in "iuf":
+        unlabelled = values < 0
+        if unlabelled.any():
+            remap = np.cumsum(~unlabelled) - 1
+            remap[unlabelled] = -1
+            codes = remap[codes]
+        return codes, values.size, int(np.count_nonzero(~unlabelled))
+    return codes, values.size, values.size
+
+
 class MMC_Supervised(TransformerMixin, _BaseMMC):
     __doc__ = (
         """MMC learned from class labels: pairs are drawn from the labels, then MMC.
@@ -343,14 +364,16 @@ class MMC_Supervised(TransformerMixin, _BaseMMC):
             warnings.warn('"num_constraints" has been renamed to "n_constraints"',
                           FutureWarning, stacklevel=2)
             n_constraints = self.num_constraints
-        classes, y_codes = np.unique(y, return_inverse=True)
-        if classes.size < 2:
+        y_codes, n_labels, n_classes = _class_codes(y)
+        if n_classes < 2:
             raise ValueError(
-                f"y has {classes.size} class; MMC_Supervised needs at least 2 "
-                "classes to form dissimilar pairs"
+                f"y has {n_classes} labelled class; MMC_Supervised needs at least 2 "
+                "classes to form dissimilar pairs (negative labels mark unlabelled "
+                "points)"
             )
         if n_constraints is None:
-            n_constraints = 20 * classes.size**2
+            # metric-learn's default, which counts "unlabelled" as a value of y
+            n_constraints = 20 * n_labels**2
         n_constraints = check_positive_int(n_constraints, "n_constraints")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

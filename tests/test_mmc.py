@@ -611,6 +611,27 @@ def test_supervised_is_mmc_on_the_drawn_pairs():
     assert not np.allclose(other.A_, sup.A_)
 
 
+def test_supervised_leaves_unlabelled_points_out():
+    # Negative labels mark unlabelled points, as in metric-learn's Constraints:
+    # they must not become a class of their own.
+    X, y = wine()
+    y = y.copy()
+    y[np.random.default_rng(1).random(y.size) < 0.6] = -1
+    n, seed = 60, 3
+    sup = MMC_Supervised(n_constraints=n, random_state=seed, n_jobs=1).fit(X, y)
+    a, b, c, d = fastmetric.Constraints(y).positive_negative_pairs(
+        n, random_state=seed)
+    assert np.all(y[np.r_[a, b, c, d]] >= 0)
+    pairs = np.concatenate([np.stack([X[a], X[b]], 1), np.stack([X[c], X[d]], 1)])
+    labels = np.r_[np.ones(a.size), -np.ones(c.size)]
+    ref = MMC(tol=sup.tol, n_jobs=1).fit(pairs, labels)
+    np.testing.assert_allclose(sup.A_, ref.A_, rtol=1e-9,
+                               atol=1e-12 * np.abs(ref.A_).max())
+    one_class = np.where(y == 0, 0, -1)
+    with pytest.raises(ValueError, match="1 labelled class"):
+        MMC_Supervised().fit(X, one_class)
+
+
 def test_deprecated_aliases_warn_and_take_effect():
     X, y = wine()
     kw = dict(random_state=0, n_jobs=1)
