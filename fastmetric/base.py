@@ -33,9 +33,13 @@ from ._validation import (
 def components_from_metric(A):
     """A matrix ``L`` with ``L.T @ L == A`` for a symmetric PSD ``A``.
 
-    Built from the eigendecomposition (rows ordered by decreasing eigenvalue;
-    negative rounding-level eigenvalues clipped), so it also works when A is
-    singular, as MMC's optimum often is.
+    The same ``L`` metric-learn 0.7.0 returns for the same ``A``, so that
+    ``transform`` gives the same coordinates: the elementwise square root of
+    a diagonal ``A``; else the transposed Cholesky factor when ``A`` is
+    positive definite (no pivot below ``d eps max(diag(A))``); else (singular
+    ``A``, as MMC's optimum often is)
+    ``sqrt(max(w, 0)) V^T`` from the eigendecomposition, eigenvalues
+    ascending, rounding-level negative ones clipped.
 
     Parameters
     ----------
@@ -48,9 +52,16 @@ def components_from_metric(A):
     A = np.asarray(A, dtype=np.float64)
     if np.array_equal(A, np.diag(np.diag(A))):
         return np.diag(np.sqrt(np.maximum(np.diag(A), 0.0)))
+    try:
+        C = np.linalg.cholesky(A)
+        # a numerically singular A can still pass Cholesky on rounding-level
+        # pivots, with a factor far from any other: take the eigenvectors then
+        if np.min(np.diag(C)) ** 2 > A.shape[0] * np.finfo(float).eps * np.max(
+                np.diag(A)):
+            return C.T
+    except np.linalg.LinAlgError:
+        pass
     w, V = np.linalg.eigh((A + A.T) / 2)
-    order = np.argsort(w)[::-1]
-    w, V = w[order], V[:, order]
     return np.sqrt(np.maximum(w, 0.0))[:, None] * V.T
 
 
@@ -100,8 +111,9 @@ class MahalanobisMixin(BaseEstimator):
         if not np.any(A - np.diag(np.diagonal(A))):
             q = diag_sq_distances(data, np.diagonal(A), n_threads)
             return np.sqrt(np.maximum(q, 0.0))
-        # Rows of L are sqrt(eigenvalue) eigenvectors: those below the
-        # eigendecomposition's own rounding (d eps lambda_max) carry nothing.
+        # For a singular A, rows of L are sqrt(eigenvalue) eigenvectors: those
+        # below the eigendecomposition's own rounding (d eps lambda_max) carry
+        # nothing.  (A Cholesky factor, for a definite A, keeps every row.)
         L = np.asarray(self.components_)
         lam = np.einsum("ij,ij->i", L, L)
         rows = np.flatnonzero(lam > L.shape[1] * np.finfo(float).eps * lam.max())

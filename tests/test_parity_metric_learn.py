@@ -327,6 +327,43 @@ def test_gaip_reproduces_metric_learn(name, n_pairs, init, max_iter):
     np.testing.assert_allclose(ours.get_mahalanobis_matrix(),
                                theirs.get_mahalanobis_matrix(), rtol=0,
                                atol=RTOL_A * np.linalg.norm(theirs.A_))
+    # The same coordinates, not only the same distances -- where the factor is
+    # determined: for a numerically singular A, whether Cholesky passes on
+    # rounding-level pivots decides metric-learn's factor by the last bits
+    # (we take the eigenvectors then, as metric-learn does when it fails).
+    w = np.linalg.eigvalsh(theirs.A_)
+    try:
+        np.linalg.cholesky(theirs.A_)
+        theirs_cholesky = True
+    except np.linalg.LinAlgError:
+        theirs_cholesky = False
+    pairs, _ = _pairs(name, n_pairs)
+    points = pairs[:, 0, :]
+    theirs_t, ours_t = theirs.transform(points), ours.transform(points)
+    atol = 1e-5 * np.abs(theirs_t).max()
+    if w[0] > 100 * w.size * np.finfo(float).eps * w[-1]:
+        np.testing.assert_allclose(ours_t, theirs_t, rtol=0, atol=atol)
+    elif not theirs_cholesky:
+        # eigenvector axes: same order, each up to its sign (LAPACK's choice
+        # of sign can flip under a perturbation of A at rounding level)
+        signs = np.where(np.sum(ours_t * theirs_t, axis=0) < 0, -1.0, 1.0)
+        np.testing.assert_allclose(ours_t * signs, theirs_t, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("kind", ["definite", "singular", "diagonal", "zero"])
+def test_components_from_metric_as_metric_learn(kind):
+    ml_util = pytest.importorskip("metric_learn._util")
+    rng = np.random.default_rng(4)
+    d = 6
+    K = rng.normal(size=(d, {"definite": d, "singular": 2}.get(kind, 1)))
+    A = {"definite": K @ K.T, "singular": K @ K.T,
+         "diagonal": np.diag(rng.uniform(0, 2, d)), "zero": np.zeros((d, d))}[kind]
+    A = (A + A.T) / 2
+    ours = fastmetric.components_from_metric(A)
+    np.testing.assert_allclose(ours, ml_util.components_from_metric(A), rtol=0,
+                               atol=1e-12 * max(np.abs(A).max(), 1.0))
+    np.testing.assert_allclose(ours.T @ ours, A, rtol=0,
+                               atol=1e-12 * max(np.abs(A).max(), 1.0))
 
 
 def test_gaip_cases_exercise_the_algorithm():
