@@ -75,7 +75,7 @@ def check_finite(arr, name):
         raise ValueError(f"{name} contains {bad}; all values must be finite")
 
 
-def check_data(X, name="X", *, min_samples=1):
+def check_data(X, name="X", *, min_samples=1, finite=True):
     """Validate a data matrix for the kernels.
 
     Parameters
@@ -84,6 +84,9 @@ def check_data(X, name="X", *, min_samples=1):
     name : str
         Used in error messages.
     min_samples : int
+    finite : bool
+        Whether to reject NaN and infinity (the caller may check the rows it
+        uses instead).
 
     Returns
     -------
@@ -97,7 +100,8 @@ def check_data(X, name="X", *, min_samples=1):
         )
     if X.shape[1] < 1:
         raise ValueError(f"{name} has 0 features; at least 1 is required")
-    check_finite(X, name)
+    if finite:
+        check_finite(X, name)
     return X
 
 
@@ -139,15 +143,32 @@ class ArrayIndexer:
     Parameters
     ----------
     X : array-like of shape (n_samples, n_features)
-        Validated once here (finite floats), then shared by all pairs.
+        Validated once here (real numbers), then shared by all pairs.  Rows
+        that hold NaN or infinity are an error only when a pair or a point
+        uses them (see :meth:`check_rows`), as in metric-learn.
     """
 
     def __init__(self, X):
-        self.X = check_data(X, "preprocessor")
+        self.X = check_data(X, "preprocessor", finite=False)
+        self.all_finite = bool(np.isfinite(self.X).all())
 
     def __call__(self, indices):
         """Rows of the data for the given indices (validated)."""
-        return self.X[check_indices(indices, self.X.shape[0], "indices")]
+        idx = check_indices(indices, self.X.shape[0], "indices")
+        self.check_rows(idx, "indices")
+        return self.X[idx]
+
+    def check_rows(self, idx, name):
+        """Raise ``ValueError`` if a row that ``idx`` uses is not finite."""
+        if self.all_finite:
+            return
+        rows = np.unique(idx)
+        bad = ~np.isfinite(self.X[rows]).all(axis=1)
+        if bad.any():
+            row = int(rows[np.argmax(bad)])
+            what = "NaN" if np.isnan(self.X[row]).any() else "infinity"
+            raise ValueError(f"the preprocessor's row {row}, used by {name}, "
+                             f"contains {what}; all values used must be finite")
 
 
 def make_preprocessor(preprocessor):
@@ -192,7 +213,9 @@ def check_pairs(pairs, preprocessor=None, *, n_features=None, name="pairs",
     PairData
     """
     arr = np.asarray(pairs) if not isinstance(pairs, np.ndarray) else pairs
-    if arr.dtype == object:
+    keys = (arr.ndim == 2 and preprocessor is not None
+            and not isinstance(preprocessor, ArrayIndexer))
+    if arr.dtype == object and not keys:  # a callable takes any keys
         raise TypeError(f"{name} must be a numeric array, got dtype object")
     if arr.ndim == 2:
         if preprocessor is None:
@@ -209,6 +232,8 @@ def check_pairs(pairs, preprocessor=None, *, n_features=None, name="pairs",
             X = preprocessor.X
             i = check_indices(arr[:, 0], X.shape[0], name)
             j = check_indices(arr[:, 1], X.shape[0], name)
+            if not preprocessor.all_finite:
+                preprocessor.check_rows(np.concatenate([i, j]), name)
             data = PairData(X, i, j)
         else:
             left = _apply_callable(preprocessor, arr[:, 0], name)

@@ -367,9 +367,8 @@ class MMC_Supervised(TransformerMixin, _BaseMMC):
         y_codes, n_labels, n_classes = _class_codes(y)
         if n_classes < 2:
             raise ValueError(
-                f"y has {n_classes} labelled class; MMC_Supervised needs at least 2 "
-                "classes to form dissimilar pairs (negative labels mark unlabelled "
-                "points)"
+                f"y has {n_classes} class (negative labels mark unlabelled points); "
+                "MMC_Supervised needs at least 2 classes to form dissimilar pairs"
             )
         if n_constraints is None:
             # metric-learn's default, which counts "unlabelled" as a value of y

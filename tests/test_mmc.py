@@ -457,6 +457,47 @@ def test_supervised_preprocessor_with_indices():
         model.transform(np.array([0, X.shape[0]]))
 
 
+def test_non_finite_rows_no_pair_uses_are_legal():
+    # As in metric-learn, only the rows the pairs (or points) use are checked.
+    X_p, idx, pairs, labels = iris_pairs()
+    unused = np.setdiff1d(np.arange(X_p.shape[0]), idx)[0]
+    X_bad = X_p.copy()
+    X_bad[unused, 1] = np.nan
+    ref = MMC(preprocessor=X_p, n_jobs=1).fit(idx, labels)
+    got = MMC(preprocessor=X_bad, n_jobs=1).fit(idx, labels)
+    np.testing.assert_array_equal(got.A_, ref.A_)
+    np.testing.assert_array_equal(got.pair_distance(idx), ref.pair_distance(idx))
+    used = idx[0, 0]
+    with pytest.raises(ValueError, match="NaN"):
+        got.transform(np.array([used, unused]))
+    X_bad[used, 0] = np.inf
+    with pytest.raises(ValueError, match=f"row {used}, used by pairs.*infinity"):
+        MMC(preprocessor=X_bad).fit(idx, labels)
+
+    X, y = iris()
+    X_sup = np.vstack([X, np.full((1, X.shape[1]), np.nan)])
+    kw = dict(n_constraints=100, random_state=0, n_jobs=1)
+    sup = MMC_Supervised(preprocessor=X_sup, **kw).fit(np.arange(X.shape[0]), y)
+    np.testing.assert_array_equal(sup.A_, MMC_Supervised(**kw).fit(X, y).A_)
+
+
+def test_callable_preprocessor_takes_object_keys():
+    X_p, idx, pairs, labels = iris_pairs()
+    names = np.array([f"img_{k}.png" for k in range(X_p.shape[0])], dtype=object)
+    table = dict(zip(names, X_p, strict=True))
+
+    def lookup(keys):
+        return np.array([table[key] for key in keys])
+
+    got = MMC(preprocessor=lookup, n_jobs=1).fit(names[idx], labels)
+    ref = MMC(preprocessor=X_p, n_jobs=1).fit(idx, labels)
+    np.testing.assert_allclose(got.A_, ref.A_, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(got.pair_distance(names[idx[:5]]),
+                               ref.pair_distance(idx[:5]), rtol=1e-12)
+    with pytest.raises(TypeError, match="dtype object"):
+        MMC(preprocessor=X_p).fit(idx.astype(object), labels)
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_float32_input(solver):
     X, y = iris()
@@ -628,7 +669,7 @@ def test_supervised_leaves_unlabelled_points_out():
     np.testing.assert_allclose(sup.A_, ref.A_, rtol=1e-9,
                                atol=1e-12 * np.abs(ref.A_).max())
     one_class = np.where(y == 0, 0, -1)
-    with pytest.raises(ValueError, match="1 labelled class"):
+    with pytest.raises(ValueError, match="1 class"):
         MMC_Supervised().fit(X, one_class)
 
 
