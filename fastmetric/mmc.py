@@ -54,6 +54,32 @@ class _BaseMMC(MahalanobisMixin):
         self.callback = callback
         self.n_jobs = n_jobs
 
+    # deprecated alias -> its new name
+    _ALIASES = {"convergence_threshold": "tol"}
+
+    def set_params(self, **params):
+        """Set parameters; setting a renamed one drops its deprecated alias.
+
+        A deprecated alias (``convergence_threshold``, ``num_constraints``)
+        given to the constructor takes effect in ``fit``; a later
+        ``set_params`` of the new name (a grid search over ``tol``, say) must
+        win over it, as it does in metric-learn, which consumes the alias in
+        its constructor.
+
+        Parameters
+        ----------
+        **params : dict
+            Estimator parameters.
+
+        Returns
+        -------
+        self
+        """
+        for alias, name in self._ALIASES.items():
+            if name in params and alias not in params:
+                params[alias] = "deprecated"
+        return super().set_params(**params)
+
     def _check_params(self):
         tol = self.tol
         if not (isinstance(self.convergence_threshold, str)
@@ -334,6 +360,8 @@ class MMC_Supervised(TransformerMixin, _BaseMMC):
                          shrinkage=shrinkage, callback=callback, n_jobs=n_jobs)
         self.n_constraints = n_constraints
         self.num_constraints = num_constraints
+
+    _ALIASES = {"convergence_threshold": "tol", "num_constraints": "n_constraints"}
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

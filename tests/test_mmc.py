@@ -695,6 +695,31 @@ def test_deprecated_aliases_warn_and_take_effect():
         MMC(convergence_threshold=1e-3, n_jobs=1).fit(pairs, labels)
 
 
+def test_set_params_of_the_new_name_drops_the_deprecated_alias():
+    # A grid search over tol (or n_constraints) must not be overridden by an
+    # alias given to the constructor.
+    X_p, idx, pairs, labels = iris_pairs()
+    kw = dict(solver="ga-ip", n_jobs=1)
+    with pytest.warns(FutureWarning):
+        loose = MMC(convergence_threshold=0.5, **kw).fit(pairs, labels)
+    tight = MMC(convergence_threshold=0.5, **kw).set_params(tol=1e-4)
+    assert tight.get_params()["convergence_threshold"] == "deprecated"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        tight.fit(pairs, labels)
+    assert tight.n_iter_ > loose.n_iter_
+    assert tight.n_iter_ == MMC(tol=1e-4, **kw).fit(pairs, labels).n_iter_
+
+    X, y = wine()
+    sup_kw = dict(random_state=0, n_jobs=1)
+    est = MMC_Supervised(num_constraints=5, **sup_kw).set_params(n_constraints=40)
+    ref = MMC_Supervised(n_constraints=40, **sup_kw).fit(X, y)
+    np.testing.assert_array_equal(est.fit(X, y).A_, ref.A_)
+    both = MMC_Supervised(**sup_kw).set_params(num_constraints=40, n_constraints=5)
+    with pytest.warns(FutureWarning, match="n_constraints"):
+        both.fit(X, y)  # the alias, set explicitly, still takes effect
+
+
 def test_supervised_input_errors():
     X, y = iris()
     with pytest.raises(ValueError, match="2 classes"):
