@@ -6,6 +6,7 @@ See :func:`solve_diagonal`.  Sums over pairs run in the compiled kernels.
 import warnings
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 from . import _pairs
 from ._mmc_common import (
@@ -13,6 +14,7 @@ from ._mmc_common import (
     MMCResult,
     _warn_not_converged,
     diag_dist_sum,
+    diag_sq_distances,
 )
 from ._numba.mmc import (
     diag_derivs_cached,
@@ -121,6 +123,62 @@ class _Objective:
         return self.c * (H / f + np.outer(gF, gF) / f**2)
 
 
+def _collapsed_features(dissimilar, w, n_threads):
+    """Zero-weight features that some dissimilar pair at distance 0 differs in.
+
+    Such a pair adds ``|x_k - y_k| sqrt(t)`` to the sum of distances when
+    ``w_k`` grows to t: the objective's slope along ``w_k`` is minus infinity
+    there, which the pair kernels (a zero distance has no gradient) cannot
+    see, so w is not optimal however small its KKT residual.  Returned by
+    decreasing pull (the sum of those differences).
+    """
+    q = diag_sq_distances(dissimilar, w, n_threads)
+    idx = np.flatnonzero(q <= 0)
+    if idx.size == 0:
+        return np.empty(0, dtype=np.intp)
+    X = dissimilar.X
+    diff = np.abs(X[dissimilar.i[idx]].astype(np.float64) - X[dissimilar.j[idx]])
+    pull = np.where(w > 0, 0.0, diff.sum(axis=0))
+    ks = np.flatnonzero(pull > 0)
+    return ks[np.argsort(pull[ks])[::-1]]
+
+
+def _open_features(obj, w, features, s_sum, c):
+    """Minimise g along each of ``features`` in turn, from weight 0.
+
+    g restricted to one weight is convex with an infinite downward slope at 0
+    (see :func:`_collapsed_features`): bracket its minimiser on a geometric
+    grid from far below the natural scale ``c / (2 s_k)``, then refine it.
+    """
+    w = w.copy()
+    for k in features:
+        trial = w.copy()
+
+        def h(t, k=k, trial=trial):
+            trial[k] = t
+            return obj.value(trial)
+
+        scale = c / (2.0 * s_sum[k])
+        ts = [0.0]
+        hs = [obj.value(w)]
+        t = scale * 4.0 ** -25
+        for _ in range(60):
+            ts.append(t)
+            hs.append(h(t))
+            if hs[-1] > hs[-2]:
+                break
+            t *= 4.0
+        best = int(np.argmin(hs))
+        if best == 0:
+            continue
+        lo, hi = ts[best - 1], ts[min(best + 1, len(ts) - 1)]
+        res = minimize_scalar(h, bounds=(lo, hi), method="bounded",
+                              options={"xatol": 1e-12 * hi})
+        t_best = float(res.x) if res.fun < hs[best] else ts[best]
+        w[k] = t_best
+    return w
+
+
 def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
                    n_threads=1, callback=None, verbose=False):
     """Minimise the diagonal MMC objective over ``w >= 0`` by projected Newton.
@@ -132,7 +190,10 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
     projection arc (Bertsekas, 1982) until the objective decreases.  It stops
     when the KKT conditions hold to ``eps = 1e-5 * tol`` (clipped to [1e-8,
     1e-3]) relative: ``|grad_k| <= eps s_k``
-    where ``w_k > 0`` and ``grad_k >= -eps s_k`` where ``w_k = 0``.  The
+    where ``w_k > 0`` and ``grad_k >= -eps s_k`` where ``w_k = 0`` -- and no
+    dissimilar pair of distinct points sits at distance 0: there the slope
+    along the zero weights it differs in is minus infinity, so those weights
+    are first opened by a line search each (:func:`_open_features`).  The
     starting weights are first rescaled by the best positive factor (g is
     minimised along the ray in closed form), which fixes the scale of the
     result independently of init.
@@ -195,12 +256,33 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
         viol = np.where(free, np.abs(rel), np.maximum(-rel, 0.0))
         return float(viol.max())
 
+    def settled(w_, viol_):
+        # KKT holds on the smooth part; a collapsed pair still pulls (see
+        # _collapsed_features): those features are opened in the next step.
+        if viol_ > eps:
+            return False, np.empty(0, dtype=np.intp)
+        opening = _collapsed_features(dissimilar, w_, n_threads)
+        return opening.size == 0, opening
+
     viol = kkt(w, grad)
-    converged = viol <= eps
+    converged, opening = settled(w, viol)
     stalled = 0
     stopped = False
     while not converged and n_iter < max_iter:
         n_iter += 1
+        if opening.size:
+            w = _open_features(obj, w, opening, s_sum, c)
+            g, grad, hdiag = obj.derivs(w)
+            history.append(g)
+            viol = kkt(w, grad)
+            converged, opening = settled(w, viol)
+            if verbose:
+                print(f"mmc diagonal iter {n_iter}: objective = {g:.12g}, "
+                      f"opened features at zero distance")
+            if callback is not None and callback(np.diag(w), n_iter):
+                stopped = True
+                break
+            continue
         pg = w - np.maximum(w - grad / np.maximum(hdiag, 1e-300), 0.0)
         eps_k = min(1e-3 * max(w.max(), 1e-300), float(np.abs(pg).max()))
         active = (w <= eps_k) & (grad > 0)
@@ -239,7 +321,7 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
             w = w_new
         history.append(g)
         viol = kkt(w, grad)
-        converged = viol <= eps
+        converged, opening = settled(w, viol)
         if verbose:
             print(f"mmc diagonal iter {n_iter}: objective = {g:.12g}, "
                   f"KKT violation = {viol:.3e}")

@@ -810,6 +810,44 @@ def test_diagonal_solution_satisfies_kkt(data, c):
         assert _diag_objective(w_try, s_sum, dis2, c) >= g_opt - 1e-9 * abs(g_opt)
 
 
+@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("seed", range(8))
+def test_diagonal_does_not_stop_where_a_dissimilar_pair_collapses(monkeypatch,
+                                                                  seed, cached):
+    # Dissimilar differences supported on few features: a weight at 0 can
+    # put a pair at distance 0, where the objective's slope along that weight
+    # is -inf but the kernels see no gradient.  The solver must not stop there.
+    from scipy.optimize import minimize
+
+    import fastmetric._mmc_diagonal as diag
+
+    if not cached:
+        monkeypatch.setattr(diag, "_CACHE_ELEMENTS", 0)
+    rng = np.random.default_rng(seed)
+    d = 4
+    S = rng.uniform(0, 1, size=(6, d))
+    D = rng.uniform(0, 1, size=(14, d)) * (rng.random((14, d)) < 0.35)
+    D[np.flatnonzero(~D.any(axis=1)), rng.integers(0, d)] = 0.5
+    diffs = np.r_[S, D]
+    pairs = np.stack([np.zeros_like(diffs), diffs], axis=1)
+    labels = np.r_[np.ones(len(S)), -np.ones(len(D))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model = MMC(diagonal=True, tol=1e-6, n_jobs=1).fit(pairs, labels)
+    w = np.diag(model.A_)
+    s_sum, dis2 = _diag_terms(pairs, labels)
+    assert model.converged_
+    assert np.all(dis2 @ w > 0)  # every dissimilar pair differs: none collapsed
+    rel = _diag_gradient(w, s_sum, dis2) / s_sum
+    assert np.all(np.abs(rel[w > 0]) <= 1e-6) and np.all(rel[w == 0] >= -1e-6)
+    g = _diag_objective(w, s_sum, dis2)
+    with np.errstate(divide="ignore"):  # L-BFGS-B may try w = 0
+        ref = minimize(_diag_objective, np.full(d, 0.1), args=(s_sum, dis2),
+                       bounds=[(0, None)] * d, method="L-BFGS-B",
+                       options={"ftol": 1e-15, "gtol": 1e-12})
+    assert g <= ref.fun + 1e-9 * abs(ref.fun)
+
+
 # ----------------------------------------------------------------------------
 # Edge cases and options
 # ----------------------------------------------------------------------------
