@@ -23,6 +23,7 @@ from ._numba.mmc import (
     gather_sq_diff_t,
 )
 from ._threads import kernel_threads, threads_for
+from ._validation import PairData
 
 # The dissimilar pairs' squared differences are cached (float64, one row per
 # feature) up to this many values (32 MB): each pass then reads only the
@@ -179,6 +180,31 @@ def _open_features(obj, w, features, s_sum, c):
     return w
 
 
+# Data whose typical difference lies beyond 2^+-this are solved rescaled.
+_RESCALE_EXPONENT = 20
+
+
+def _solve_rescaled(similar, dissimilar, w0, k, *, callback, **kw):
+    """:func:`solve_diagonal` on ``X / 2^k`` (exact), weights mapped back."""
+    scaled = {}
+
+    def rescale(pairs):
+        key = id(pairs.X)
+        if key not in scaled:
+            scaled[key] = np.ascontiguousarray(pairs.X, dtype=np.float64) * 2.0**-k
+        return PairData(scaled[key], pairs.i, pairs.j)
+
+    factor = 4.0**-k  # w for X is 4^-k times w for X / 2^k
+    inner = None
+    if callback is not None:
+        def inner(A, n_iter):
+            return callback(A * factor, n_iter)
+    res = solve_diagonal(rescale(similar), rescale(dissimilar), w0,
+                         callback=inner, **kw)
+    return MMCResult(A=res.A * factor, n_iter=res.n_iter, converged=res.converged,
+                     objective=res.objective, history=res.history)
+
+
 def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
                    n_threads=1, callback=None, verbose=False):
     """Minimise the diagonal MMC objective over ``w >= 0`` by projected Newton.
@@ -223,6 +249,15 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
     if not s_sum.max() > 0:
         raise ValueError("every similar pair has zero difference; the diagonal MMC "
                          "objective is unbounded")
+    # The Hessian squares squared differences: far from unit scale it over-
+    # or underflows.  g is exactly covariant under X -> X / 2^k (the optimum
+    # becomes 4^k w, the objective is unchanged), so such data are solved at
+    # unit scale, bit for bit the same iterates.
+    k = int(np.round(0.5 * np.log2(s_sum.max() / similar.n_pairs)))
+    if abs(k) > _RESCALE_EXPONENT:
+        return _solve_rescaled(similar, dissimilar, w0, k, c=c, max_iter=max_iter,
+                               tol=tol, n_threads=n_threads, callback=callback,
+                               verbose=verbose)
     floor = s_sum.max() * 1e-12
     if s_sum.min() <= floor:
         warnings.warn(

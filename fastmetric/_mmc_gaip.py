@@ -59,8 +59,21 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
     proj_budget = int(min(max_proj, 2**31 - 1))
     A = np.array(A0, dtype=np.float64, order="C")
     w = s_matrix(similar, n_threads)
-    t = float(np.sum(w * A)) / 100.0
-    w_norm = np.linalg.norm(w)
+    with np.errstate(over="ignore", under="ignore"):
+        t = float(np.sum(w * A)) / 100.0
+        w_norm = float(np.linalg.norm(w))
+        scale = float(np.abs(w).max())
+        # the same bound at unit scale: nonzero there but not here means the
+        # data's scale, not init, is the problem
+        t_unit = float(np.sum((w / scale) * A)) / 100.0 if scale > 0 else 0.0
+    if not (np.isfinite(t) and np.isfinite(w_norm)) or (
+            t_unit > 0 and not (t > 0 and w_norm > 0)):
+        raise ValueError(
+            f"solver='ga-ip' cannot work at this data's scale: the S-matrix (sums "
+            f"of squared similar differences) has entries up to {scale:.1e}, and "
+            f"its bound or norm over- or underflows in float64; rescale the data "
+            f"(standardise it, say) or use solver='exact', which is scale-invariant"
+        )
     if not (t > 0 and w_norm > 0):
         raise ValueError(
             "the similar pairs all have zero distance under init, so the "

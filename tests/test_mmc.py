@@ -848,6 +848,37 @@ def test_diagonal_does_not_stop_where_a_dissimilar_pair_collapses(monkeypatch,
     assert g <= ref.fun + 1e-9 * abs(ref.fun)
 
 
+@pytest.mark.parametrize("scale", [2.0**-250, 1e-100, 1e-60, 1e60, 1e100, 2.0**250])
+def test_diagonal_far_from_unit_scale_is_the_rescaled_fit(scale):
+    # g is covariant under X -> a X (the optimum becomes w / a^2); far from
+    # unit scale the Hessian's squared squares over- or underflow unless the
+    # problem is solved rescaled.
+    X_p, idx, pairs, labels = iris_pairs()
+    ref = MMC(diagonal=True, n_jobs=1).fit(pairs, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = MMC(diagonal=True, n_jobs=1).fit(pairs * scale, labels)
+    assert got.converged_
+    np.testing.assert_allclose(got.A_ * scale**2, ref.A_, rtol=1e-9,
+                               atol=1e-12 * np.abs(ref.A_).max())
+    np.testing.assert_allclose(got.pair_distance(pairs * scale),
+                               ref.pair_distance(pairs), rtol=1e-9)
+    seen = []
+    MMC(diagonal=True, n_jobs=1, callback=lambda A, k: seen.append(A)).fit(
+        pairs * scale, labels)
+    np.testing.assert_allclose(seen[-1] * scale**2, ref.A_, rtol=1e-9,
+                               atol=1e-12 * np.abs(ref.A_).max())
+
+
+@pytest.mark.parametrize("scale", [1e-100, 1e80])
+def test_gaip_out_of_its_range_is_an_error(scale):
+    # metric-learn's algorithm is not scale-invariant (its S-matrix norm and
+    # bound over- or underflow); it must say so rather than return init.
+    X_p, idx, pairs, labels = iris_pairs()
+    with pytest.raises(ValueError, match="scale"):
+        MMC(solver="ga-ip").fit(pairs * scale, labels)
+
+
 # ----------------------------------------------------------------------------
 # Edge cases and options
 # ----------------------------------------------------------------------------
