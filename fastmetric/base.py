@@ -100,7 +100,12 @@ class MahalanobisMixin(BaseEstimator):
         ndarray of shape (n_pairs,)
             ``sqrt((x - y)^T A (x - y))`` for each pair.
         """
-        return self._distances(self._fitted_pairs(pairs))
+        dists = self._distances(self._fitted_pairs(pairs))
+        if not np.all(np.isfinite(dists)):
+            raise ValueError(
+                "the learned distance of some pair overflows float64 (its points "
+                "lie too far apart at this metric's scale); rescale the pairs")
+        return dists
 
     def _distances(self, data):
         """:meth:`pair_distance` of validated pairs (PairData)."""

@@ -129,7 +129,7 @@ class _BaseMMC(MahalanobisMixin):
             self.components_ = components_from_metric(result.A)
         self.A_ = result.A
         self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
+        self.converged_ = bool(result.converged)
         self.objective_ = result.objective
         return self
 

@@ -870,6 +870,16 @@ def test_diagonal_far_from_unit_scale_is_the_rescaled_fit(scale):
                                atol=1e-12 * np.abs(ref.A_).max())
 
 
+def test_distance_overflow_is_an_error_not_inf():
+    X_p, idx, pairs, labels = iris_pairs()
+    model = MMC(n_jobs=1).fit(pairs, labels)
+    assert type(model.converged_) is bool
+    with pytest.raises(ValueError, match="overflows"):
+        model.pair_distance(pairs * 1e200)
+    with pytest.raises(ValueError, match="overflows"):
+        model.predict(pairs * 1e200)
+
+
 @pytest.mark.parametrize("scale", [1e-100, 1e80])
 def test_gaip_out_of_its_range_is_an_error(scale):
     # metric-learn's algorithm is not scale-invariant (its S-matrix norm and
