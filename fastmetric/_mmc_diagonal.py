@@ -205,6 +205,47 @@ def _solve_rescaled(similar, dissimilar, w0, k, *, callback, **kw):
                      objective=res.objective, history=res.history)
 
 
+def _newton_step(obj, w, g, grad, hdiag):
+    """One projected-Newton step from w, or None when backtracking fails.
+
+    The features split into an active set (at the bound, gradient pushing
+    outward: a scaled gradient step) and a free set (a Newton step on the
+    Hessian block); the step backtracks along the projection arc.
+    """
+    d = w.shape[0]
+    pg = w - np.maximum(w - grad / np.maximum(hdiag, 1e-300), 0.0)
+    eps_k = min(1e-3 * max(w.max(), 1e-300), float(np.abs(pg).max()))
+    active = (w <= eps_k) & (grad > 0)
+    free = ~active
+    direction = np.zeros(d)
+    if free.any():
+        Hff = obj.hess_block(np.flatnonzero(free))
+        jitter = 1e-12 * max(np.trace(Hff) / Hff.shape[0], 1e-300)
+        try:
+            direction[free] = -np.linalg.solve(
+                Hff + jitter * np.eye(Hff.shape[0]), grad[free])
+        except np.linalg.LinAlgError:
+            direction[free] = -grad[free] / np.maximum(np.diag(Hff), 1e-300)
+    direction[active] = -grad[active] / np.maximum(hdiag[active], 1e-300)
+    # Backtracking on the value alone (one cheap pass per trial).  Near the
+    # optimum the predicted decrease falls below g's rounding; a step that
+    # does not raise g beyond rounding is then accepted, so Newton can
+    # finish instead of stalling.
+    rounding = 64 * np.finfo(float).eps * (abs(g) + 1.0)
+    step = 1.0
+    while True:
+        w_new = np.maximum(w + step * direction, 0.0)
+        g_new = obj.value(w_new)
+        decrease = float(grad @ (w - w_new))
+        if np.isfinite(g_new) and g_new <= g - 1e-4 * max(decrease, 0.0) + rounding:
+            break
+        step *= 0.5
+        if step < 1e-14:
+            w_new = None
+            break
+    return w_new
+
+
 def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
                    n_threads=1, callback=None, verbose=False):
     """Minimise the diagonal MMC objective over ``w >= 0`` by projected Newton.
@@ -306,54 +347,17 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
     while not converged and n_iter < max_iter:
         n_iter += 1
         if opening.size:
+            # a collapsed pair pulls along zero weights: open them first
             w = _open_features(obj, w, opening, s_sum, c)
             g, grad, hdiag = obj.derivs(w)
-            history.append(g)
-            viol = kkt(w, grad)
-            converged, opening = settled(w, viol)
-            if verbose:
-                print(f"mmc diagonal iter {n_iter}: objective = {g:.12g}, "
-                      f"opened features at zero distance")
-            if callback is not None and callback(np.diag(w), n_iter):
-                stopped = True
-                break
-            continue
-        pg = w - np.maximum(w - grad / np.maximum(hdiag, 1e-300), 0.0)
-        eps_k = min(1e-3 * max(w.max(), 1e-300), float(np.abs(pg).max()))
-        active = (w <= eps_k) & (grad > 0)
-        free = ~active
-        direction = np.zeros(d)
-        if free.any():
-            Hff = obj.hess_block(np.flatnonzero(free))
-            jitter = 1e-12 * max(np.trace(Hff) / Hff.shape[0], 1e-300)
-            try:
-                direction[free] = -np.linalg.solve(
-                    Hff + jitter * np.eye(Hff.shape[0]), grad[free])
-            except np.linalg.LinAlgError:
-                direction[free] = -grad[free] / np.maximum(np.diag(Hff), 1e-300)
-        direction[active] = -grad[active] / np.maximum(hdiag[active], 1e-300)
-        # Backtracking on the value alone (one cheap pass per trial).  Near the
-        # optimum the predicted decrease falls below g's rounding; a step that
-        # does not raise g beyond rounding is then accepted, so Newton can
-        # finish instead of stalling.
-        rounding = 64 * np.finfo(float).eps * (abs(g) + 1.0)
-        step = 1.0
-        while True:
-            w_new = np.maximum(w + step * direction, 0.0)
-            g_new = obj.value(w_new)
-            decrease = float(grad @ (w - w_new))
-            if np.isfinite(g_new) and g_new <= g - 1e-4 * max(decrease, 0.0) + rounding:
-                break
-            step *= 0.5
-            if step < 1e-14:
-                w_new = None
-                break
-        if w_new is None:
-            stalled += 1
         else:
-            stalled = 0
-            g, grad, hdiag = obj.derivs(w_new)
-            w = w_new
+            w_new = _newton_step(obj, w, g, grad, hdiag)
+            if w_new is None:
+                stalled += 1
+            else:
+                stalled = 0
+                g, grad, hdiag = obj.derivs(w_new)
+                w = w_new
         history.append(g)
         viol = kkt(w, grad)
         converged, opening = settled(w, viol)
