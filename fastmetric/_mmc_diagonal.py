@@ -144,12 +144,13 @@ def _collapsed_features(dissimilar, w, n_threads):
     return ks[np.argsort(pull[ks])[::-1]]
 
 
-def _open_features(obj, w, features, s_sum, c):
+def _open_features(obj, w, g, features, s_sum, c):
     """Minimise g along each of ``features`` in turn, from weight 0.
 
     g restricted to one weight is convex with an infinite downward slope at 0
     (see :func:`_collapsed_features`): bracket its minimiser on a geometric
     grid from far below the natural scale ``c / (2 s_k)``, then refine it.
+    ``g`` is the objective at ``w``.
     """
     w = w.copy()
     for k in features:
@@ -161,7 +162,7 @@ def _open_features(obj, w, features, s_sum, c):
 
         scale = c / (2.0 * s_sum[k])
         ts = [0.0]
-        hs = [obj.value(w)]
+        hs = [g]
         t = scale * 4.0 ** -25
         for _ in range(60):
             ts.append(t)
@@ -175,8 +176,10 @@ def _open_features(obj, w, features, s_sum, c):
         lo, hi = ts[best - 1], ts[min(best + 1, len(ts) - 1)]
         res = minimize_scalar(h, bounds=(lo, hi), method="bounded",
                               options={"xatol": 1e-12 * hi})
-        t_best = float(res.x) if res.fun < hs[best] else ts[best]
-        w[k] = t_best
+        if res.fun < hs[best]:
+            w[k], g = float(res.x), float(res.fun)
+        else:
+            w[k], g = ts[best], hs[best]
     return w
 
 
@@ -348,7 +351,7 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
         n_iter += 1
         if opening.size:
             # a collapsed pair pulls along zero weights: open them first
-            w = _open_features(obj, w, opening, s_sum, c)
+            w = _open_features(obj, w, g, opening, s_sum, c)
             g, grad, hdiag = obj.derivs(w)
         else:
             w_new = _newton_step(obj, w, g, grad, hdiag)
