@@ -400,6 +400,24 @@ def test_squared_distances_out_of_float64_range(data, scale, Est):
         _fit(Est(), Xs, idx, y)
 
 
+@pytest.mark.parametrize("where", ["all", "last pair"])
+def test_pair_scale_of_many_formed_pairs(where):
+    # More pairs than one chunk of the scan, formed: the check may settle on
+    # X's largest entry instead of scanning (X has two rows per pair), and
+    # must still find a single pair out of range at the very end.
+    from fastmetric._validation import check_pair_scale, check_pairs
+
+    rng = np.random.default_rng(3)
+    pairs = rng.normal(size=(10_000, 2, 3))
+    check_pair_scale(check_pairs(pairs))  # in range: no error
+    if where == "all":
+        pairs *= 1e160
+    else:
+        pairs[-1, 0] = 1e152
+    with pytest.raises(ValueError, match="rescale"):
+        check_pair_scale(check_pairs(pairs))
+
+
 @pytest.mark.parametrize("scale", [1e30, 1e-30])
 def test_float32_data_at_the_ends_of_its_range(data, scale):
     # The kernels compute in float64, where the squares of any float32
