@@ -24,6 +24,9 @@ from scipy.linalg.cython_lapack cimport (
     ssytrd,
 )
 
+cdef double DBL_EPS = 2.220446049250313e-16
+cdef double DBL_TINY = 2.2250738585072014e-308
+
 
 cdef int _syevr(int n, floating *a, floating *w, floating *z) noexcept nogil:
     """Eigendecomposition of the column-major symmetric ``a`` (lower triangle used).
@@ -452,13 +455,492 @@ cdef int _psd_clip_rank_bounded(int n, int k, const double *A, double *a,
     return 0
 
 
+# ---------------------------------------------------------------------------
+# ga-ip projections in the S-matrix's eigenbasis
+# ---------------------------------------------------------------------------
+#
+# After a PSD projection A = U U^T has rank r (a handful), and the next C1 step
+# subtracts beta W.  In the eigenbasis of W = Q diag(omega) Q^T the matrix to
+# project is  M = Ut Ut^T - beta diag(omega)  (Ut = Q^T U, d x r), whose
+# positive eigenpairs -- at most r of them (Weyl) -- come from an r x r problem:
+# for lam > 0, M - lam I = Ut Ut^T - K(lam) with K(lam) = lam I + beta diag(omega)
+# positive definite, so by Sylvester's law of inertia the number of eigenvalues
+# of M above lam is the number of eigenvalues of
+#     F(lam) = Ut^T K(lam)^{-1} Ut        (r x r, O(d r^2) to form)
+# above 1, and lam is an eigenvalue of M exactly when F(lam) has the
+# eigenvalue 1, with eigenvector K(lam)^{-1} Ut c for F's eigenvector c.
+# Each positive eigenpair is found by Rayleigh functional iteration on
+# (F(lam) - I) c = 0 (a scalar secular equation for lam given c, then one
+# step of inverse iteration for c; cubic convergence) from Ut's own columns,
+# which are the eigenvectors when beta = 0; the count comes from Weyl's
+# bounds or one F.  The vectors are then orthonormalised and polished by
+# Rayleigh-Ritz on M, and every Ritz pair's residual is checked.  A round
+# costs O(d r^2) instead of a d x d eigendecomposition; the dense round
+# takes over whenever a check fails (well under 1% of rounds on the
+# benchmark data).
+
+cdef int _jacobi_desc(int n, double *a, double *v, double *w) noexcept nogil:
+    """Eigendecomposition of the symmetric n x n ``a`` (full storage, destroyed).
+
+    Cyclic Jacobi: ``v`` (n x n, column c at ``v + c n``) receives the
+    eigenvectors, sorted by descending eigenvalue in ``w``.  For the r x r
+    problems of the eigenbasis projections, where LAPACK's call overhead
+    exceeds the work.  Returns 0, or 1 if 60 sweeps did not converge.
+    """
+    cdef int p, q, k, sweep, best
+    cdef double apq, tau, t, c, s, akp, akq, off, frob, x
+    for p in range(n * n):
+        v[p] = 0
+    for p in range(n):
+        v[p * n + p] = 1
+    frob = 0
+    for p in range(n * n):
+        frob = frob + a[p] * a[p]
+    for sweep in range(60):
+        off = 0
+        for p in range(n):
+            for q in range(p + 1, n):
+                off = off + a[p * n + q] * a[p * n + q]
+        if off <= 1e-2 * DBL_EPS * DBL_EPS * frob:
+            break
+        for p in range(n - 1):
+            for q in range(p + 1, n):
+                apq = a[p * n + q]
+                if fabs(apq) <= 1e-3 * DBL_EPS * sqrt(fabs(a[p * n + p] * a[q * n + q])):
+                    # negligible (relative to its diagonal): no rotation
+                    a[p * n + q] = 0
+                    a[q * n + p] = 0
+                    continue
+                tau = (a[q * n + q] - a[p * n + p]) / (2 * apq)
+                if fabs(tau) > 1e150:
+                    t = 0.5 / tau
+                elif tau >= 0:
+                    t = 1 / (tau + sqrt(1 + tau * tau))
+                else:
+                    t = -1 / (-tau + sqrt(1 + tau * tau))
+                c = 1 / sqrt(1 + t * t)
+                s = t * c
+                for k in range(n):
+                    if k != p and k != q:
+                        akp = a[k * n + p]
+                        akq = a[k * n + q]
+                        a[k * n + p] = c * akp - s * akq
+                        a[p * n + k] = a[k * n + p]
+                        a[k * n + q] = s * akp + c * akq
+                        a[q * n + k] = a[k * n + q]
+                a[p * n + p] = a[p * n + p] - t * apq
+                a[q * n + q] = a[q * n + q] + t * apq
+                a[p * n + q] = 0
+                a[q * n + p] = 0
+                for k in range(n):
+                    akp = v[p * n + k]
+                    akq = v[q * n + k]
+                    v[p * n + k] = c * akp - s * akq
+                    v[q * n + k] = s * akp + c * akq
+    else:
+        return 1
+    for p in range(n):
+        w[p] = a[p * n + p]
+    for p in range(n):  # selection sort, descending, columns of v along
+        best = p
+        for q in range(p + 1, n):
+            if w[q] > w[best]:
+                best = q
+        if best != p:
+            x = w[p]
+            w[p] = w[best]
+            w[best] = x
+            for k in range(n):
+                x = v[p * n + k]
+                v[p * n + k] = v[best * n + k]
+                v[best * n + k] = x
+    return 0
+
+
+def jacobi_eigh(const double[:, ::1] A, double[::1] w, double[:, ::1] V):
+    """Eigenpairs of a small symmetric matrix by cyclic Jacobi (descending).
+
+    A test shim for the r x r solver of the eigenbasis projections: ``w``
+    gets the eigenvalues in descending order and the columns of ``V`` the
+    eigenvectors.  Returns 0, or 1 if it did not converge.
+    """
+    cdef int n = <int> A.shape[0]
+    cdef int r, c, info
+    cdef double *buf = <double *> malloc(2 * n * n * sizeof(double) + 8)
+    if buf == NULL:
+        raise MemoryError()
+    for r in range(n):
+        for c in range(n):
+            buf[r * n + c] = A[r, c]
+    with nogil:
+        info = _jacobi_desc(n, buf, buf + n * n, &w[0])
+    for r in range(n):
+        for c in range(n):
+            V[r, c] = buf[n * n + c * n + r]
+    free(buf)
+    return info
+
+
+cdef inline double _dot4(int n, const double *x, const double *y) noexcept nogil:
+    """``x . y`` with four partial sums (no chain of dependent additions)."""
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef int i = 0
+    while i + 4 <= n:
+        s0 = s0 + x[i] * y[i]
+        s1 = s1 + x[i + 1] * y[i + 1]
+        s2 = s2 + x[i + 2] * y[i + 2]
+        s3 = s3 + x[i + 3] * y[i + 3]
+        i += 4
+    while i < n:
+        s0 = s0 + x[i] * y[i]
+        i += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef inline void _form_F(int d, int r, const double *U, const double *om,
+                         double beta, double lam, double *g, double *gu,
+                         double *F) noexcept nogil:
+    """``g = 1 / (lam + beta om)`` and ``F = U^T diag(g) U`` (r x r, full);
+    ``gu``: d scratch."""
+    cdef int i, j, k
+    cdef double x
+    for i in range(d):
+        g[i] = 1.0 / (lam + beta * om[i])
+    for j in range(r):
+        for i in range(d):
+            gu[i] = U[j * d + i] * g[i]
+        for k in range(j, r):
+            x = _dot4(d, gu, U + k * d)
+            F[j * r + k] = x
+            F[k * r + j] = x
+
+
+cdef double _secular_root(int d, const double *z, const double *om, double beta,
+                          double start, double floor) noexcept nogil:
+    """The rho > floor with ``sum_i z_i^2 / (rho + beta om_i) = 1``, or -1 if
+    none: safeguarded Newton on ``1 / phi - 1`` (linear when beta = 0)."""
+    cdef double a = floor, b = 0, rho, phi, dphi, q, new
+    cdef int i, it
+    for i in range(d):
+        b = b + z[i] * z[i]
+    # phi(rho) <= |z|^2 / rho, so phi(|z|^2) <= 1; phi decreases
+    if not b > a:
+        return -1.0
+    phi = 0
+    for i in range(d):
+        phi = phi + z[i] * z[i] / (a + beta * om[i])
+    if not phi > 1.0:
+        return -1.0
+    rho = start if (start > a and start < b) else 0.5 * (a + b)
+    for it in range(100):
+        phi = 0
+        dphi = 0
+        for i in range(d):
+            q = 1.0 / (rho + beta * om[i])
+            phi = phi + z[i] * z[i] * q
+            dphi = dphi + z[i] * z[i] * q * q
+        if phi > 1.0:
+            a = rho
+        elif phi < 1.0:
+            b = rho
+        else:
+            return rho
+        # Newton on 1 / phi - 1: step (1 / phi - 1) phi^2 / dphi
+        new = rho - (1.0 / phi - 1.0) * phi * phi / dphi if dphi > 0 else 0.5 * (a + b)
+        if not (new > a and new < b):
+            new = 0.5 * (a + b)
+        if fabs(new - rho) <= 2.0 * DBL_EPS * rho or b - a <= 2.0 * DBL_EPS * b:
+            return new
+        rho = new
+    return rho
+
+
+cdef int _solve_small(int n, double *a, const double *rhs, double *x,
+                      double tiny_rel) noexcept nogil:
+    """Solve ``a x = rhs`` (n x n, destroyed) by Gaussian elimination with
+    partial pivoting; a pivot below ``tiny_rel`` times the largest entry is
+    raised to it (inverse iteration: a singular ``a`` means rhs is already
+    the null vector), and a zero ``a`` leaves ``x = rhs``.  Returns 0, or 1
+    if ``a`` is not finite."""
+    cdef int i, j, k, p
+    cdef double big = 0, piv, f, t
+    for i in range(n * n):
+        if fabs(a[i]) > big:
+            big = fabs(a[i])
+    for i in range(n):
+        x[i] = rhs[i]
+    if big == 0:
+        return 0  # every vector is a null vector: keep rhs
+    if not big < INFINITY:
+        return 1
+    for k in range(n):
+        p = k
+        for i in range(k + 1, n):
+            if fabs(a[i * n + k]) > fabs(a[p * n + k]):
+                p = i
+        if p != k:
+            for j in range(n):
+                t = a[k * n + j]
+                a[k * n + j] = a[p * n + j]
+                a[p * n + j] = t
+            t = x[k]
+            x[k] = x[p]
+            x[p] = t
+        piv = a[k * n + k]
+        if fabs(piv) < tiny_rel * big:
+            piv = tiny_rel * big if piv >= 0 else -tiny_rel * big
+            a[k * n + k] = piv
+        for i in range(k + 1, n):
+            f = a[i * n + k] / piv
+            for j in range(k + 1, n):
+                a[i * n + j] = a[i * n + j] - f * a[k * n + j]
+            x[i] = x[i] - f * x[k]
+    for k in range(n - 1, -1, -1):
+        t = x[k]
+        for j in range(k + 1, n):
+            t = t - a[k * n + j] * x[j]
+        x[k] = t / a[k * n + k]
+    return 0
+
+
+cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
+                              double beta, double om_min, double om_max,
+                              double *Unew, int *m_out,
+                              double *work) noexcept nogil:
+    """``Unew`` (d x m) with ``Unew Unew^T`` the PSD part of
+    ``M = U0 U0^T - beta diag(om)`` (see the comment above).
+
+    ``U0``, ``Unew``: d x r, column-major.  ``work``: at least
+    ``_basis_work(d, r)`` doubles.  Returns 0, or nonzero when a root search
+    or a check fails (the caller then takes the dense path).
+    """
+    cdef int i, j, k, it, m, got
+    cdef double scale, eps_c, lam, h, hp, x, nrm, nrm0, tol
+    cdef double *cv
+    cdef double *U = work                   # d x r: U0 rotated to orthogonal columns
+    cdef double *V = U + d * r              # d x r: eigenvectors
+    cdef double *g = V + d * r              # d
+    cdef double *y = g + d                  # d
+    cdef double *F = y + d                  # r x r
+    cdef double *C = F + r * r              # r x r
+    cdef double *R = C + r * r              # r x r
+    cdef double *tmp = R + r * r            # r x r
+    cdef double *mu = tmp + r * r           # r
+    cdef double *s2 = mu + r                # r
+    cdef double *lo = s2 + r                # r
+    cdef double *hi = lo + r                # r
+    m_out[0] = 0
+    # Gram matrix and rotation to orthogonal columns (norms^2 = s2, descending)
+    for j in range(r):
+        for k in range(j, r):
+            x = 0
+            for i in range(d):
+                x = x + U0[j * d + i] * U0[k * d + i]
+            F[j * r + k] = x
+            F[k * r + j] = x
+    if _jacobi_desc(r, F, R, s2) != 0:
+        return 1
+    for k in range(r):
+        for i in range(d):
+            x = 0
+            for j in range(r):
+                x = x + U0[j * d + i] * R[k * r + j]
+            U[k * d + i] = x
+    scale = s2[0] if s2[0] > beta * om_max else beta * om_max
+    if not scale > 0:
+        return 0  # U0 = 0: nothing positive
+    eps_c = 4.0 * d * DBL_EPS * scale
+    for j in range(r):
+        lo[j] = s2[j] - beta * om_max
+        hi[j] = s2[j] - beta * om_min
+    m = r
+    for j in range(r):
+        if not lo[j] > eps_c:
+            m = -1
+    if m < 0:
+        # count the eigenvalues above eps_c (those below are rounding)
+        _form_F(d, r, U, om, beta, eps_c, g, y, F)
+        if _jacobi_desc(r, F, C, mu) != 0:
+            return 1
+        m = 0
+        for j in range(r):
+            if mu[j] > 1.0:
+                m += 1
+    for j in range(r):
+        if lo[j] < eps_c:
+            lo[j] = eps_c
+        if hi[j] < lo[j]:
+            hi[j] = lo[j]
+    for j in range(m):
+        # Rayleigh functional iteration: rho(c) solves c^T F(rho) c = 1, then
+        # one step of inverse iteration (F(rho) - I) x = c; cubic convergence,
+        # from c = e_j (U's columns are the eigenvectors when beta = 0).
+        cv = C + j * r
+        for k in range(r):
+            cv[k] = 1.0 if k == j else 0.0
+        x = 0
+        for i in range(d):
+            x = x + om[i] * U[j * d + i] * U[j * d + i]
+        lam = s2[j] - beta * x / s2[j] if s2[j] > 0 else lo[j]
+        if not lam >= lo[j]:
+            lam = lo[j]
+        if not lam <= hi[j]:
+            lam = hi[j]
+        for it in range(30):
+            for i in range(d):
+                x = 0
+                for k in range(r):
+                    x = x + U[k * d + i] * cv[k]
+                y[i] = x
+            lam = _secular_root(d, y, om, beta, lam, eps_c)
+            if not lam > 0:
+                return 5  # c sees no positive eigenvalue
+            _form_F(d, r, U, om, beta, lam, g, V + j * d, F)
+            for k in range(r):
+                F[k * r + k] = F[k * r + k] - 1.0
+            if _solve_small(r, F, cv, mu, 16.0 * DBL_EPS * (1.0 + s2[0] / lam)) != 0:
+                return 6
+            # mu: the new direction; normalise, same sign as cv
+            nrm = 0
+            h = 0
+            for k in range(r):
+                nrm = nrm + mu[k] * mu[k]
+                h = h + mu[k] * cv[k]
+            nrm = sqrt(nrm)
+            if not nrm > 0:
+                return 6
+            if h < 0:
+                nrm = -nrm
+            hp = 0
+            for k in range(r):
+                x = mu[k] / nrm
+                hp = hp + (x - cv[k]) * (x - cv[k])
+                cv[k] = x
+            if hp <= 1e-14:
+                break
+        else:
+            return 2
+        # the final vector's Rayleigh functional and eigenvector K^{-1} U c
+        for i in range(d):
+            x = 0
+            for k in range(r):
+                x = x + U[k * d + i] * cv[k]
+            y[i] = x
+        lam = _secular_root(d, y, om, beta, lam, eps_c)
+        if not (lam > 0 and lam >= lo[j] * (1 - 1e-12) and lam <= hi[j] * (1 + 1e-12)):
+            return 7  # outside Weyl's bracket of root j: another root
+        for i in range(d):
+            V[j * d + i] = y[i] / (lam + beta * om[i])
+    if m == 0:
+        return 0
+    # orthonormalise (modified Gram-Schmidt, twice)
+    for j in range(m):
+        nrm0 = 0
+        for i in range(d):
+            nrm0 = nrm0 + V[j * d + i] * V[j * d + i]
+        nrm0 = sqrt(nrm0)
+        for got in range(2):
+            for k in range(j):
+                x = 0
+                for i in range(d):
+                    x = x + V[k * d + i] * V[j * d + i]
+                for i in range(d):
+                    V[j * d + i] = V[j * d + i] - x * V[k * d + i]
+        nrm = 0
+        for i in range(d):
+            nrm = nrm + V[j * d + i] * V[j * d + i]
+        nrm = sqrt(nrm)
+        if not nrm > 1e-6 * nrm0:
+            return 3  # two roots gave the same vector
+        for i in range(d):
+            V[j * d + i] = V[j * d + i] / nrm
+    # Rayleigh-Ritz: H = (V^T U)(V^T U)^T - beta V^T diag(om) V  (m x m)
+    for j in range(m):
+        for k in range(r):
+            x = 0
+            for i in range(d):
+                x = x + V[j * d + i] * U[k * d + i]
+            R[k * m + j] = x  # R: m x r, column-major, P = V^T U
+    for j in range(m):
+        for k in range(j, m):
+            x = 0
+            for i in range(r):
+                x = x + R[i * m + j] * R[i * m + k]
+            h = 0
+            for i in range(d):
+                h = h + om[i] * V[j * d + i] * V[k * d + i]
+            F[j * m + k] = x - beta * h
+            F[k * m + j] = F[j * m + k]
+    if _jacobi_desc(m, F, C, mu) != 0:
+        return 1
+    # Ritz vectors into Unew, each checked: ||M v - theta v|| <= tol
+    tol = 64.0 * d * DBL_EPS * scale
+    got = 0
+    for j in range(m):
+        for i in range(d):
+            x = 0
+            for k in range(m):
+                x = x + V[k * d + i] * C[j * m + k]
+            y[i] = x
+        # residual: U (U^T y) - beta om y - theta y
+        for k in range(r):
+            x = 0
+            for i in range(d):
+                x = x + U[k * d + i] * y[i]
+            tmp[k] = x
+        nrm = 0
+        for i in range(d):
+            x = -beta * om[i] * y[i] - mu[j] * y[i]
+            for k in range(r):
+                x = x + U[k * d + i] * tmp[k]
+            nrm = nrm + x * x
+        if not sqrt(nrm) <= tol:
+            return 4
+        if mu[j] > 0:
+            x = sqrt(mu[j])
+            for i in range(d):
+                Unew[got * d + i] = y[i] * x
+            got += 1
+    m_out[0] = got
+    return 0
+
+
+cdef inline Py_ssize_t _basis_work(int d, int r) noexcept nogil:
+    return 2 * d * r + 2 * d + 4 * r * r + 4 * r + 8
+
+
+cdef void _factor_to_dense(int n, int r, const double *Q, const double *Ub,
+                           double *Y, double *tmp, double *A) noexcept nogil:
+    """``A = (Q Ub)(Q Ub)^T`` (row-major n x n, both triangles); Y: n x r scratch,
+    tmp: n x n scratch.  Row-major Q is column-major Q^T, hence the transpose."""
+    cdef char tr_n = b'N'
+    cdef char tr_t = b'T'
+    cdef char uplo = b'U'
+    cdef double one = 1.0, zero = 0.0
+    cdef int rr, c
+    if r == 0:
+        for rr in range(n * n):
+            A[rr] = 0
+        return
+    dgemm(&tr_t, &tr_n, &n, &r, &n, &one, <double *> Q, &n, <double *> Ub, &n,
+          &zero, Y, &n)
+    dsyrk(&uplo, &tr_n, &n, &r, &one, Y, &n, &zero, tmp, &n)
+    for c in range(n):
+        for rr in range(c + 1):
+            A[rr * n + c] = tmp[c * n + rr]
+            A[c * n + rr] = tmp[c * n + rr]
+
+
 ctypedef double (*c1_fn_t)(double *, const double *, double,
                           Py_ssize_t) noexcept nogil
 
 
 def gaip_projections(double[:, ::1] A, const double[:, ::1] W,
                      const double[:, ::1] W_unit, double t, double t_unit,
-                     int max_proj, double eps, size_t c1_address):
+                     int max_proj, double eps, size_t c1_address,
+                     const double[:, ::1] Q=None, const double[::1] omega=None,
+                     int max_basis_rank=16, double[:, ::1] factor=None,
+                     long[::1] counts=None):
     """MMC's projection loop: alternate C1 and C2 until the S-constraint holds.
 
     Each round projects ``A`` onto the half-space ``<W, A> <= t`` (along
@@ -468,7 +950,11 @@ def gaip_projections(double[:, ::1] A, const double[:, ::1] W,
     ``(<W, A> - t) / t < eps`` -- Xing et al.'s iterative projections as
     metric-learn 0.7.0 runs them.  After a PSD projection of rank r, the next
     C1 step subtracts a PSD matrix, so (Weyl) at most r eigenvalues stay
-    positive: later rounds compute only the top r + 1 eigenpairs (MRRR).
+    positive: later rounds compute only the top r + 1 eigenpairs (MRRR) --
+    or, given W's eigendecomposition ``W = Q diag(omega) Q^T`` and while r is
+    at most ``max_basis_rank``, run in W's eigenbasis on the factor of A at
+    O(d r^2) a round (see ``_basis_positive_part``), falling back to the dense
+    round whenever one of its checks fails.
 
     Parameters
     ----------
@@ -482,6 +968,18 @@ def gaip_projections(double[:, ::1] A, const double[:, ::1] W,
         Address of the C1 step, ``double c1(double *A, const double *W_unit,
         double t_unit, Py_ssize_t size)`` (the Numba kernel
         ``fastmetric._numba.projections.c1_project_cfunc.address``).
+    Q : ndarray of shape (d, d), float64, optional
+        Orthonormal eigenvectors of W (columns).
+    omega : ndarray of shape (d,), float64, optional
+        W's eigenvalues, non-negative.  Without Q and omega every round is dense.
+    max_basis_rank : int
+        Largest rank of A for the eigenbasis rounds.
+    factor : ndarray of shape (d, d), float64, optional
+        Receives in its first ``rank`` columns a factor U of the result,
+        ``A = U U^T`` (when at least one round ran).
+    counts : ndarray of shape (3,), int64, optional
+        Receives the numbers of dense and of eigenbasis rounds and the rank
+        of the result (-1 if no round ran).
 
     Returns
     -------
@@ -491,19 +989,62 @@ def gaip_projections(double[:, ::1] A, const double[:, ::1] W,
     cdef c1_fn_t c1 = <c1_fn_t> <void *> c1_address
     cdef int n = <int> A.shape[0]
     cdef Py_ssize_t nn = <Py_ssize_t> n * n, idx
-    cdef int rnd, info = 0, k = n, rank = 0
-    cdef double dot
-    cdef bint satisfied = False
+    cdef int rnd, info = 0, k = n, rank = -1, i, j, r_new
+    cdef long n_dense = 0, n_basis = 0
+    cdef int r_cap = max_basis_rank if max_basis_rank < n else n
+    cdef double dot, om_min = 0, om_max = 0, beta
+    cdef double w_norm = t / t_unit if t_unit != 0 else 0
+    cdef bint satisfied = False, basis = False
+    cdef bint use_basis = Q is not None and omega is not None and r_cap > 0
     cdef double *buf = <double *> malloc((3 * nn + n) * sizeof(double))
+    cdef double *bwork = NULL
+    cdef double *Ub = NULL
+    cdef double *Un = NULL
     cdef double *a
     cdef double *z
     cdef double *out
     cdef double *w
+    cdef double *swap
     cdef double *Ap = &A[0, 0]
     cdef const double *Wp = &W[0, 0]
     cdef const double *W1p = &W_unit[0, 0]
+    cdef const double *Qp = NULL
+    cdef const double *omp = NULL
+    cdef char tr_n = b'N'
+    cdef double one = 1.0, zero = 0.0
+    if use_basis:
+        if Q.shape[0] != n or Q.shape[1] != n or omega.shape[0] != n:
+            raise ValueError("gaip_projections: need Q (d, d) and omega (d,)")
+        if not w_norm > 0:
+            use_basis = False
+    if use_basis:
+        Qp = &Q[0, 0]
+        omp = &omega[0]
+        om_min = omega[0]
+        om_max = omega[0]
+        for i in range(n):
+            if omega[i] < om_min:
+                om_min = omega[i]
+            if omega[i] > om_max:
+                om_max = omega[i]
+        bwork = <double *> malloc((_basis_work(n, r_cap) + 2 * n * r_cap)
+                                  * sizeof(double))
+        if bwork == NULL:
+            free(buf)
+            raise MemoryError()
+        Ub = bwork + _basis_work(n, r_cap)
+        Un = Ub + n * r_cap
     if buf == NULL:
+        free(bwork)
         raise MemoryError()
+    if factor is not None and (factor.shape[0] != n or factor.shape[1] != n):
+        free(buf)
+        free(bwork)
+        raise ValueError("gaip_projections: factor must be (d, d)")
+    if counts is not None and counts.shape[0] < 3:
+        free(buf)
+        free(bwork)
+        raise ValueError("gaip_projections: counts needs 3 entries")
     a = buf
     z = buf + nn
     out = buf + 2 * nn
@@ -512,10 +1053,46 @@ def gaip_projections(double[:, ::1] A, const double[:, ::1] W,
     with nogil:
         while rnd < max_proj:
             rnd += 1
+            if basis:
+                # C1 and C2 on the factor: A = Q Ub Ub^T Q^T, <W, A> from omega
+                dot = 0
+                for i in range(n):
+                    beta = 0
+                    for j in range(rank):
+                        beta = beta + Ub[j * n + i] * Ub[j * n + i]
+                    dot = dot + omp[i] * beta
+                if dot / w_norm > t_unit:
+                    beta = (dot / w_norm - t_unit) / w_norm
+                    if _basis_positive_part(n, rank, Ub, omp, beta, om_min, om_max,
+                                            Un, &r_new, bwork) != 0:
+                        # back to the dense round (this one again)
+                        basis = False
+                        rnd -= 1
+                        _factor_to_dense(n, rank, Qp, Ub, Un, a, Ap)
+                        k = rank + 1 if rank < n else n
+                        continue
+                    n_basis += 1
+                    swap = Ub
+                    Ub = Un
+                    Un = swap
+                    rank = r_new
+                    dot = 0
+                    for i in range(n):
+                        beta = 0
+                        for j in range(rank):
+                            beta = beta + Ub[j * n + i] * Ub[j * n + i]
+                        dot = dot + omp[i] * beta
+                else:
+                    n_basis += 1  # C1 holds: A stays as it is
+                if (dot - t) / t < eps:
+                    satisfied = True
+                    break
+                continue
             c1(Ap, W1p, t_unit, nn)
             info = _psd_clip_rank_bounded(n, k, Ap, a, w, z, out, &rank)
             if info != 0:
                 break
+            n_dense += 1
             for idx in range(nn):
                 Ap[idx] = out[idx]
             k = rank + 1 if rank < n else n
@@ -525,7 +1102,27 @@ def gaip_projections(double[:, ::1] A, const double[:, ::1] W,
             if (dot - t) / t < eps:
                 satisfied = True
                 break
+            if use_basis and rank <= r_cap:
+                # z holds the factor (A = U U^T, d x rank): Ub = Q^T U
+                if rank > 0:
+                    dgemm(&tr_n, &tr_n, &n, &rank, &n, &one, <double *> Qp, &n,
+                          z, &n, &zero, Ub, &n)
+                basis = True
+        if basis:
+            # (Un = Q Ub afterwards: the factor of A)
+            _factor_to_dense(n, rank, Qp, Ub, Un, a, Ap)
+            z = Un
+        if factor is not None and rank > 0:
+            # z: column-major n x rank factor (dense round or Q Ub)
+            for i in range(n):
+                for j in range(rank):
+                    factor[i, j] = z[j * n + i]
+    if counts is not None:
+        counts[0] = n_dense
+        counts[1] = n_basis
+        counts[2] = rank
     free(buf)
+    free(bwork)
     if info != 0:
         raise ArithmeticError(f"LAPACK eigendecomposition failed (info={info})")
     return bool(satisfied), rnd
@@ -537,8 +1134,6 @@ def gaip_projections(double[:, ::1] A, const double[:, ::1] W,
 
 cdef enum:
     SPG_ROWS = 2048
-cdef double DBL_EPS = 2.220446049250313e-16
-cdef double DBL_TINY = 2.2250738585072014e-308
 
 
 cdef double _spg_value_grad(int n, int d, const double *Z, const double *B,

@@ -201,3 +201,33 @@ def test_syrk_matches_numpy(dtype, k, n):
     scale = np.abs(a64).T @ np.abs(a64)
     assert np.all(np.abs(out - a64.T @ a64) <= RTOL[dtype] * scale)
     assert np.array_equal(out, out.T)
+
+
+# ---------------------------------------------------------------------------
+# The small Jacobi eigensolver of the eigenbasis projections (float64 only).
+# ---------------------------------------------------------------------------
+
+
+def _jacobi_cases():
+    rng = np.random.default_rng(11)
+    yield "zero", np.zeros((3, 3))
+    yield "diagonal", np.diag([3.0, -1.0, 3.0, 0.0])
+    yield "one", np.array([[-2.5]])
+    Q = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    yield "repeated", (Q * [2.0, 2.0, 2.0, -1.0, 0.0, 0.0]) @ Q.T
+    yield "graded", (Q * [1e12, 1.0, 1e-6, 0.0, -1e-3, 5.0]) @ Q.T
+    for d in (2, 5, 12, 16):
+        yield f"random{d}", _sym(rng, d, np.float64)
+
+
+@pytest.mark.parametrize("name, A", list(_jacobi_cases()))
+def test_jacobi_eigh_matches_numpy(name, A):
+    d = A.shape[0]
+    w = np.empty(d)
+    V = np.empty((d, d))
+    assert _linalg.jacobi_eigh(A, w, V) == 0
+    tol = 8 * d * np.finfo(float).eps * max(np.linalg.norm(A, 2), np.finfo(float).tiny)
+    assert np.all(np.diff(w) <= 0)  # descending
+    np.testing.assert_allclose(w, np.linalg.eigvalsh(A)[::-1], rtol=0, atol=tol)
+    np.testing.assert_allclose(V.T @ V, np.eye(d), rtol=0, atol=1e-13)
+    np.testing.assert_allclose((V * w) @ V.T, A, rtol=0, atol=tol)

@@ -71,10 +71,16 @@ def _numpy_projection_loop(A, W, t, max_proj, eps):
     return A, False, max_proj
 
 
+def _eigenbasis(W):
+    omega, Q = np.linalg.eigh(W)
+    return np.ascontiguousarray(Q), np.maximum(omega, 0.0)
+
+
 @pytest.mark.parametrize("d", [1, 3, 20, 45])
 @pytest.mark.parametrize("start_rank", [1, 4, "full"])
 @pytest.mark.parametrize("blas_threads", [1, 2])
-def test_gaip_projection_loop_matches_numpy(d, start_rank, blas_threads):
+@pytest.mark.parametrize("basis", [False, True])
+def test_gaip_projection_loop_matches_numpy(d, start_rank, blas_threads, basis):
     from fastmetric._linalg import gaip_projections
     from threadpoolctl import threadpool_limits
 
@@ -90,11 +96,94 @@ def test_gaip_projection_loop_matches_numpy(d, start_rank, blas_threads):
     for max_proj, eps in ((1, 0.01), (7, -1.0), (10_000, 0.01)):
         ref, ok_ref, n_ref = _numpy_projection_loop(A0, W, t, max_proj, eps)
         A = A0.copy()
+        counts = np.zeros(3, dtype=np.int64)
+        extra = dict(zip(("Q", "omega"), _eigenbasis(W), strict=True)) if basis else {}
         with threadpool_limits(blas_threads):
             ok, n = gaip_projections(A, W, W / np.linalg.norm(W), t,
                                      t / np.linalg.norm(W), max_proj, eps,
-                                     c1_project_cfunc.address)
+                                     c1_project_cfunc.address, counts=counts,
+                                     **extra)
         assert (ok, n) == (ok_ref, n_ref)
+        assert counts[0] + counts[1] == n
+        if not basis:
+            assert counts[1] == 0
         np.testing.assert_allclose(A, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
         np.testing.assert_array_equal(A, A.T)
         assert np.linalg.eigvalsh(A).min() >= -1e-10 * np.abs(A).max()
+
+
+def _gaip_problem(rng, d, kind):
+    """(A0, W, t) as ga-ip meets them: a PSD part plus a gradient step."""
+    n_rows = 3 * d
+    if kind == "singular":  # similar pairs that do not span the space
+        n_rows = max(1, d // 2)
+    D = rng.normal(size=(n_rows, d))
+    if kind == "graded":  # S-matrix eigenvalues over ten decades
+        D *= np.logspace(-5, 5, d)
+    if kind == "flat":  # W = c I: every omega equal
+        W = 7.0 * np.eye(d)
+    else:
+        W = D.T @ D
+    r = max(1, min(d, int(rng.integers(1, 6))))
+    K = rng.normal(size=(d, r))
+    if kind == "repeated" and r > 1:  # equal eigenvalues in A
+        K = np.linalg.qr(K)[0]
+    M = rng.normal(size=(d, d))
+    A0 = K @ K.T + 0.05 * (M + M.T)
+    t = 0.2 * abs(float(np.sum(W * (K @ K.T)))) + 1e-3
+    return A0, W, t
+
+
+@pytest.mark.parametrize("kind", ["plain", "singular", "graded", "flat", "repeated"])
+def test_gaip_eigenbasis_rounds_match_dense_rounds(kind):
+    # The O(d r^2) rounds in W's eigenbasis against the dense rounds (and
+    # metric-learn's loop in NumPy), on S-matrices that are singular, badly
+    # conditioned or multiples of I and iterates with repeated eigenvalues;
+    # most rounds must actually run in the eigenbasis.
+    from fastmetric._linalg import gaip_projections
+
+    rng = np.random.default_rng(["plain", "singular", "graded", "flat",
+                                 "repeated"].index(kind))
+    used = total = 0
+    for _ in range(12):
+        d = int(rng.integers(2, 31))
+        A0, W, t = _gaip_problem(rng, d, kind)
+        w_norm = np.linalg.norm(W)
+        Q, omega = _eigenbasis(W)
+        for eps in (0.01, 1e-5):
+            ref, ok_ref, n_ref = _numpy_projection_loop(A0, W, t, 1000, eps)
+            results = []
+            for extra in ({}, {"Q": Q, "omega": omega}):
+                A = A0.copy()
+                factor = np.full((d, d), np.nan)
+                counts = np.zeros(3, dtype=np.int64)
+                ok, n = gaip_projections(A, W, W / w_norm, t, t / w_norm, 1000, eps,
+                                         c1_project_cfunc.address, factor=factor,
+                                         counts=counts, **extra)
+                rank = int(counts[2])
+                # the factor reproduces A
+                np.testing.assert_allclose(factor[:, :rank] @ factor[:, :rank].T, A,
+                                           rtol=0, atol=1e-12 * np.abs(A).max())
+                results.append((A, ok, n, counts.copy()))
+            (A_d, ok_d, n_d, c_d), (A_b, ok_b, n_b, c_b) = results
+            assert (ok_b, n_b) == (ok_d, n_d) == (ok_ref, n_ref)
+            scale = np.abs(ref).max()
+            np.testing.assert_allclose(A_b, A_d, rtol=0, atol=1e-10 * scale)
+            np.testing.assert_allclose(A_b, ref, rtol=0, atol=1e-10 * scale)
+            assert c_d[1] == 0
+            used += c_b[1]
+            total += n_b
+    assert used >= 0.8 * total
+
+
+def test_gaip_projections_rejects_bad_eigenbasis_shapes():
+    from fastmetric._linalg import gaip_projections
+
+    A0, W, t = _gaip_problem(np.random.default_rng(0), 4, "plain")
+    w_norm = np.linalg.norm(W)
+    with pytest.raises(ValueError, match="Q"):
+        gaip_projections(A0.copy(), W, W / w_norm, t, t / w_norm, 10, 0.01,
+                         c1_project_cfunc.address, np.eye(3), np.ones(4))
+    with pytest.raises(ValueError, match="factor"):
+        gaip_projections(A0.copy(), W, W / w_norm, t, t / w_norm, 10, 0.01,
+                         c1_project_cfunc.address, factor=np.empty((4, 3)))
