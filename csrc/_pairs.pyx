@@ -396,7 +396,7 @@ def sq_diff_sum(const floating[:, ::1] X, const Py_ssize_t[::1] i,
 def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                               const Py_ssize_t[::1] j, const double[:, ::1] K,
                               double[:, ::1] grad, double[::1] dists,
-                              int num_threads=1):
+                              int num_threads=1, double eps=0.0):
     """:func:`sqrt_dist_sum_grad` for ``A = K K^T``, with the per-pair distances.
 
     Distances come from ``||K^T D_p||`` (a block gemm of width r, so 2 n d r
@@ -418,6 +418,10 @@ def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     dists : ndarray of shape (n_pairs,) or (0,), float64
         Receives ``||K^T D_p||`` for every pair; an empty array skips that.
     num_threads : int
+    eps : float
+        Added to each distance in the gradient's denominator, as in
+        :func:`sqrt_dist_sum_grad` (with ``eps > 0`` pairs at zero distance
+        contribute ``D_p D_p^T / (2 eps)``).
 
     Returns
     -------
@@ -465,8 +469,8 @@ def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                 if keep:
                     dists[start + p] = dist
                 if want_grad:
-                    if dist > 0:
-                        s = sqrt(0.5 / dist)
+                    if dist + eps > 0:
+                        s = sqrt(0.5 / (dist + eps))
                     else:
                         s = 0
                     for k in range(d):

@@ -82,13 +82,13 @@ def dist_sum_and_grad(pairs, A, eps=0.0, n_threads=1):
 _FACTOR_FLOPS_PER_THREAD = 5e5
 
 
-def factor_dist_sum_and_grad(pairs, K, dists=None, n_threads=1, grad=True):
+def factor_dist_sum_and_grad(pairs, K, dists=None, n_threads=1, grad=True, eps=0.0):
     """``sum_p ||K^T (x_i - x_j)||``, its gradient in ``A = K K^T`` and the distances.
 
-    The low-rank form of :func:`dist_sum_and_grad`: 2 n d r flops for the
-    distances instead of 2 n d^2.  ``dists`` (shape (n_pairs,), float64),
-    when given, receives every pair's distance.  With ``grad=False`` only the
-    value is computed and None is returned for the gradient.
+    The low-rank form of :func:`dist_sum_and_grad` (``eps`` as there): 2 n d r
+    flops for the distances instead of 2 n d^2.  ``dists`` (shape (n_pairs,),
+    float64), when given, receives every pair's distance.  With ``grad=False``
+    only the value is computed and None is returned for the gradient.
     """
     d = pairs.n_features
     K = np.ascontiguousarray(K, dtype=np.float64)
@@ -104,7 +104,7 @@ def factor_dist_sum_and_grad(pairs, K, dists=None, n_threads=1, grad=True):
     nt = threads_for(n_threads, flops, _FACTOR_FLOPS_PER_THREAD)
     with kernel_threads(nt):
         f = _pairs.sqrt_dist_sum_grad_factor(pairs.X, pairs.i, pairs.j, K, out,
-                                             dists, nt)
+                                             dists, nt, float(eps))
     return f, (out if grad else None)
 
 

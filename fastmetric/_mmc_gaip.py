@@ -1,9 +1,10 @@
 """MMC by gradient ascent and iterative projections, as metric-learn 0.7.0 runs it.
 
 See :func:`solve_ga_ip`.  The per-pair sums run in the compiled kernels; each
-projection loop is one compiled call (LAPACK for the PSD projections, the
-Numba C1 kernel through its C address); no ``n_pairs x d x d`` temporary is
-ever built.
+projection loop is one compiled call (the Numba C1 kernel through its C
+address; the PSD projections in the S-matrix's eigenbasis on A's low-rank
+factor, LAPACK where that does not apply); no ``n_pairs x d x d`` temporary
+is ever built.
 """
 
 import numpy as np
@@ -11,9 +12,11 @@ import numpy as np
 from . import _linalg
 from ._mmc_common import (
     MMCResult,
+    _eigh,
     _sym,
     _warn_not_converged,
     dist_sum_and_grad,
+    factor_dist_sum_and_grad,
     mmc_objective,
     s_matrix,
 )
@@ -36,7 +39,11 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
     and C2 until ``(<M_S, A> - t) / t < 0.01`` or ``max_proj`` rounds) and
     convergence test (``||alpha M|| / ||A_old|| < tol``) -- including its
     quirks, so that it returns metric-learn's matrix.  The per-pair sums run in
-    the compiled kernels instead of ``n_pairs x d x d`` temporaries.
+    the compiled kernels instead of ``n_pairs x d x d`` temporaries; after a
+    projection A has low rank r, so the gradient's distances go through its
+    factor, and the projection rounds run in the S-matrix's eigenbasis at
+    O(d r^2) each instead of a d x d eigendecomposition (the same iterates to
+    rounding; see :func:`fastmetric._linalg.gaip_projections`).
 
     Parameters
     ----------
@@ -81,9 +88,22 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
         )
     w1 = w / w_norm
     t1 = t / w_norm
+    # W's eigenbasis, where most projection rounds run on A's low-rank factor
+    # at O(d r^2) instead of a d x d eigendecomposition (same iterates to
+    # rounding; see fastmetric._linalg.gaip_projections)
+    omega, Q = _eigh(w)
+    omega = np.maximum(omega, 0.0)
+    factor = np.zeros_like(A)
+    counts = np.zeros(3, dtype=np.int64)
 
-    def fd_and_grad(A_):
-        f, G = dist_sum_and_grad(dissimilar, A_, 1e-6, n_threads)
+    def fd_and_grad(A_, rank=-1):
+        # After a projection A_ = U U^T has low rank: distances through the
+        # factor cost 2 n d r instead of 2 n d^2 flops.
+        if 0 <= rank < A_.shape[0]:
+            f, G = factor_dist_sum_and_grad(dissimilar, factor[:, :rank], None,
+                                            n_threads, eps=1e-6)
+        else:
+            f, G = dist_sum_and_grad(dissimilar, A_, 1e-6, n_threads)
         return np.log(f + 1e-6), G / (f + 1e-6)
 
     alpha = 0.1
@@ -99,8 +119,9 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
     cycle = 0
     for cycle in range(max_iter):
         satisfy, _ = _linalg.gaip_projections(A, w, w1, t, t1, proj_budget, eps_proj,
-                                              c1_project_cfunc.address)
-        obj, grad_d = fd_and_grad(A)
+                                              c1_project_cfunc.address, Q, omega,
+                                              factor=factor, counts=counts)
+        obj, grad_d = fd_and_grad(A, int(counts[2]))
         if satisfy and (obj > obj_old or cycle == 0):
             alpha *= 1.05
             A_old[:] = A

@@ -273,6 +273,41 @@ def test_sqrt_dist_sum_grad_factor(n_pairs, d, dtype, num_threads, rank):
     assert f_only == f
 
 
+@pytest.mark.parametrize("n_pairs, d", [(1000, 3), (2049, 4), (5000, 2), (4097, 8),
+                                         (3000, 9)])
+@dtypes
+@threads
+def test_sqrt_dist_sum_grad_factor_with_eps(n_pairs, d, dtype, num_threads):
+    # eps in the gradient's denominators, as metric-learn's ga-ip takes its
+    # gradient (every pair, also those at zero distance, weighs 1/(2(dist+eps))),
+    # over many blocks of pairs.  A rank-1 factor puts many pairs at zero
+    # distance.
+    X, i, j, _ = _case(n_pairs, d, dtype, seed=d)
+    rng = np.random.default_rng(7)
+    for K in (rng.normal(size=(d, 2)), np.eye(d)[:, :1].copy()):
+        X_ = X.copy()
+        X_[::3, 0] = 0  # pairs of these rows differ only off K's first axis
+        eps = 1e-3
+        grad = np.full((d, d), np.nan)
+        dists = np.full(n_pairs, np.nan)
+        f = _pairs.sqrt_dist_sum_grad_factor(X_, i, j, K, grad, dists, num_threads,
+                                             eps)
+        D = _diffs(X_, i, j)
+        dist = np.sqrt(np.einsum("pk,pk->p", *(D @ K,) * 2))
+        coef = 0.5 / (dist + eps)
+        grad_ref = D.T @ (coef[:, None] * D)
+        scale = np.abs(D).T @ (coef[:, None] * np.abs(D)) * (1 + 1 / eps)
+        _assert_close(dists, dist, np.sqrt(np.einsum(
+            "pk,pk->p", *(np.abs(D) @ np.abs(K),) * 2)), dtype)
+        _assert_close(f, dist.sum(), dist.sum() + 1, dtype, factor=n_pairs)
+        _assert_close(grad, grad_ref, scale, dtype, factor=4.0)
+        # eps = 0 through the same blocks: the plain factor gradient
+        g0 = np.empty((d, d))
+        _pairs.sqrt_dist_sum_grad_factor(X_, i, j, K, g0, np.empty(0), num_threads)
+        _, _, g0_ref, g0_scale = ref_sqrt_dist_sum_grad_factor(X_, i, j, K)
+        _assert_close(g0, g0_ref, g0_scale, dtype, factor=2.0)
+
+
 @grid
 @dims
 @dtypes
