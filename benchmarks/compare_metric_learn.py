@@ -269,11 +269,15 @@ def measure(task):
     return out
 
 
-def measure_paired(spec, budget=3.0, max_rounds=15):
+_SETTLE = 0.25
+
+
+def measure_paired(spec, budget=3.0, max_rounds=12):
     """Time fastmetric's fit, its solver alone and the NumPy reference side by side.
 
     One fresh process; after a full-size warm-up of each, rounds run the
-    three once each (rotating which goes first) until ``budget`` seconds or
+    three once each (rotating which goes first, each after a pause of
+    ``_SETTLE`` seconds) until ``budget`` seconds of running or
     ``max_rounds``; each keeps its best time.  The ratios of these times are
     what the targets quote: on a shared machine the speed changes by 30% and
     more from minute to minute, which separate processes run minutes apart
@@ -291,8 +295,16 @@ def measure_paired(spec, budget=3.0, max_rounds=15):
     order = list(fits)
     t_start = time.perf_counter()
     rounds = 0
-    while rounds < max_rounds and time.perf_counter() - t_start < budget:
+    paused = 0.0
+    while (rounds < max_rounds
+           and time.perf_counter() - t_start - paused < budget):
         for lib in order[rounds % 3:] + order[:rounds % 3]:
+            # Idle OpenBLAS worker threads spin for about 0.1 s after a
+            # multi-threaded call (the reference's matmuls) and slowed the
+            # next run by up to 2x on two cores: each run starts after they
+            # have gone to sleep.
+            time.sleep(_SETTLE)
+            paused += _SETTLE
             t0 = time.perf_counter()
             fits[lib]()
             best[lib] = min(best[lib], time.perf_counter() - t0)

@@ -8,6 +8,7 @@ no validation here (the Python layer checks shapes and finiteness).
 """
 
 from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
 
 import numpy as np
 from libc.math cimport INFINITY, fabs, log, pow, sqrt
@@ -1151,46 +1152,82 @@ def gaip_projections(double[:, ::1] A, const double[:, ::1] W,
 # ---------------------------------------------------------------------------
 
 cdef enum:
-    SPG_ROWS = 2048
+    SPG_ROWS = 512
+
+
+cdef void _spg_block(int d, int m, const double *Zb, const double *B,
+                     double *G, double beta, double *dists, double *Y,
+                     double *f) noexcept nogil:
+    """One block of :func:`_spg_value_grad`: ``m`` rows; ``G = beta G + sum``
+    and ``f[0] +=`` the block's value."""
+    cdef int p, k
+    cdef char nn = b'N'
+    cdef char tt = b'T'
+    cdef double one = 1.0, zero = 0.0
+    cdef double s, dist, w, total = 0.0
+    # column-major view: Zb is d x m; Y = B Zb (B symmetric)
+    dgemm(&nn, &nn, &d, &m, &d, &one, <double *> B, &d, <double *> Zb, &d,
+          &zero, Y, &d)
+    for p in range(m):
+        s = 0.0
+        for k in range(d):
+            s = s + Y[p * d + k] * Zb[p * d + k]
+        dist = sqrt(s) if s > 0 else 0.0
+        dists[p] = dist
+        total += dist
+        w = 0.5 / dist if dist > 0 else 0.0
+        for k in range(d):
+            Y[p * d + k] = Zb[p * d + k] * w
+    # G (+)= Y Zb^T in column-major terms: sum_p y_p z_p^T
+    dgemm(&nn, &tt, &d, &d, &m, &one, Y, &d, <double *> Zb, &d, &beta, G, &d)
+    f[0] += total
+
+
+cdef inline Py_ssize_t _spg_acc_size(Py_ssize_t n, int d) noexcept nogil:
+    """Doubles of the per-block partial sums :func:`_spg_value_grad` needs."""
+    return ((n + SPG_ROWS - 1) // SPG_ROWS) * (<Py_ssize_t> d * d + 1)
 
 
 cdef double _spg_value_grad(int n, int d, const double *Z, const double *B,
-                            double *G, double *dists, double *Y) noexcept nogil:
+                            double *G, double *dists, double *Y, double *acc,
+                            int nt) noexcept nogil:
     """``f(B) = sum_p sqrt(z_p^T B z_p)``; ``G`` (d x d) gets its gradient.
 
-    ``Z`` row-major (n x d); ``Y`` a scratch block of SPG_ROWS x d.  Pairs at
-    distance 0 contribute nothing to ``G``.  ``G`` is symmetrised.
+    ``Z`` row-major (n x d).  Blocks of SPG_ROWS rows are spread over ``nt``
+    OpenMP threads; ``Y`` is scratch of ``nt * SPG_ROWS * d`` and ``acc`` of
+    :func:`_spg_acc_size` doubles.  Every block's value and gradient go to
+    its own slot and the slots are added in block order, so the result is
+    the same, bit for bit, for any number of threads.  Pairs at distance 0
+    contribute nothing to ``G``.  ``G`` is symmetrised.
     """
-    cdef int start, m, p, k, l
-    cdef char nn = b'N'
-    cdef char tt = b'T'
-    cdef double one = 1.0, zero = 0.0, beta
-    cdef double f = 0.0, s, dist, w, g
-    cdef const double *Zb
-    start = 0
-    while start < n:
-        m = n - start if n - start < SPG_ROWS else SPG_ROWS
-        Zb = Z + <Py_ssize_t> start * d
-        # column-major view: Zb is d x m; Y = B Zb (B symmetric)
-        dgemm(&nn, &nn, &d, &m, &d, &one, <double *> B, &d, <double *> Zb, &d,
-              &zero, Y, &d)
-        for p in range(m):
-            s = 0.0
-            for k in range(d):
-                s = s + Y[p * d + k] * Zb[p * d + k]
-            dist = sqrt(s) if s > 0 else 0.0
-            dists[start + p] = dist
-            f += dist
-            w = 0.5 / dist if dist > 0 else 0.0
-            for k in range(d):
-                Y[p * d + k] = Zb[p * d + k] * w
-        # G (+)= Y Zb^T in column-major terms: sum_p y_p z_p^T
-        beta = 0.0 if start == 0 else 1.0
-        dgemm(&nn, &tt, &d, &d, &m, &one, Y, &d, <double *> Zb, &d, &beta, G, &d)
-        start += m
+    cdef Py_ssize_t n_blocks = (n + SPG_ROWS - 1) // SPG_ROWS
+    cdef Py_ssize_t blk, start, k, dd = <Py_ssize_t> d * d
+    cdef int m, l, tid
+    cdef double f = 0.0, g
+    cdef double *fpart = acc + n_blocks * dd
     if n == 0:
-        for k in range(d * d):
+        for k in range(dd):
             G[k] = 0.0
+        return 0.0
+    if nt > n_blocks:
+        nt = <int> n_blocks
+    if nt < 1:
+        nt = 1
+    with parallel(num_threads=nt):
+        tid = threadid()
+        for blk in prange(n_blocks, schedule='static'):
+            start = blk * SPG_ROWS
+            m = <int> (n - start if n - start < SPG_ROWS else SPG_ROWS)
+            fpart[blk] = 0.0
+            _spg_block(d, m, Z + start * d, B, acc + blk * dd, 0.0,
+                       dists + start, Y + tid * SPG_ROWS * d, fpart + blk)
+    for k in range(dd):
+        G[k] = acc[k]
+    f = fpart[0]
+    for blk in range(1, n_blocks):
+        for k in range(dd):
+            G[k] = G[k] + acc[blk * dd + k]
+        f = f + fpart[blk]
     for k in range(d):
         for l in range(k + 1, d):
             g = 0.5 * (G[k * d + l] + G[l * d + k])
@@ -1256,7 +1293,7 @@ cdef void _capped_simplex(int d, const double *lam, double *out,
 
 
 def spg_value_grad(const double[:, ::1] Z, const double[:, ::1] B,
-                   double[:, ::1] G, double[::1] dists):
+                   double[:, ::1] G, double[::1] dists, int num_threads=1):
     """``f(B) = sum_p sqrt(z_p^T B z_p)``, its gradient into ``G`` and the distances.
 
     Parameters
@@ -1268,26 +1305,31 @@ def spg_value_grad(const double[:, ::1] Z, const double[:, ::1] B,
         Receives ``sum_p z_p z_p^T / (2 dist_p)`` over pairs with
         ``dist_p > 0`` (symmetric).
     dists : ndarray of shape (n,)
+    num_threads : int
+        OpenMP threads over blocks of rows (BLAS must be single-threaded).
 
     Returns
     -------
     f : float
     """
     cdef int n = <int> Z.shape[0], d = <int> Z.shape[1]
+    cdef int nt = num_threads if num_threads > 1 else 1
     cdef double f
-    cdef double *Y = <double *> malloc(SPG_ROWS * d * sizeof(double))
+    cdef double *Y = <double *> malloc(
+        (nt * SPG_ROWS * d + _spg_acc_size(n, d)) * sizeof(double))
     if Y == NULL:
         raise MemoryError()
     with nogil:
         f = _spg_value_grad(n, d, &Z[0, 0] if n > 0 else NULL, &B[0, 0], &G[0, 0],
-                            &dists[0] if n > 0 else NULL, Y)
+                            &dists[0] if n > 0 else NULL, Y,
+                            Y + nt * SPG_ROWS * d, nt)
     free(Y)
     return f
 
 
 def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
                     double target, Py_ssize_t n_identical, int patience,
-                    double[::1] history, double[::1] gaps):
+                    double[::1] history, double[::1] gaps, int num_threads=1):
     """Maximise ``f(B) = sum_p sqrt(z_p^T B z_p)`` over ``{B PSD, trace B <= 1}``.
 
     Spectral projected gradient, as the Python loop of
@@ -1314,6 +1356,9 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
         switches to Newton).
     history, gaps : ndarray of shape (max_iter,)
         Receive f and the gap after each iteration.
+    num_threads : int
+        OpenMP threads for the passes over the rows (BLAS must be
+        single-threaded); any number gives the same iterates, bit for bit.
 
     Returns
     -------
@@ -1337,8 +1382,11 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
     G_out = np.empty((d, d))
     cdef double[:, ::1] G_view = G_out
     cdef double *G = &G_view[0, 0]
+    cdef int nt = num_threads if num_threads > 1 else 1
     cdef double *mem = <double *> malloc(
-        (7 * dd + 4 * d + n + SPG_ROWS * d + 10) * sizeof(double))
+        (7 * dd + 4 * d + n + nt * SPG_ROWS * d + 10 + _spg_acc_size(n, d))
+        * sizeof(double))
+    cdef double *acc
     cdef double *G_new
     cdef double *B_new
     cdef double *direction
@@ -1367,9 +1415,10 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
     wtop = u + d
     dists = wtop + d
     Y = dists + n
-    recent = Y + SPG_ROWS * d
+    recent = Y + nt * SPG_ROWS * d
+    acc = recent + 10
     with nogil:
-        f = _spg_value_grad(n, d, Zp, Bp, G, dists, Y)
+        f = _spg_value_grad(n, d, Zp, Bp, G, dists, Y, acc, nt)
         if not f > 0:
             gap = INFINITY
             status = 3
@@ -1408,7 +1457,7 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
             while True:
                 for k in range(dd):
                     B_new[k] = Bp[k] + step * direction[k] if step != 1.0 else trial[k]
-                f_new = _spg_value_grad(n, d, Zp, B_new, G_new, dists, Y)
+                f_new = _spg_value_grad(n, d, Zp, B_new, G_new, dists, Y, acc, nt)
                 if f_new >= ref + 1e-4 * step * slope - slack:
                     break
                 step *= 0.5
@@ -1416,7 +1465,7 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
                     status = 2
                     break
             if status == 2:
-                _spg_value_grad(n, d, Zp, Bp, G, dists, Y)  # B's distances back
+                _spg_value_grad(n, d, Zp, Bp, G, dists, Y, acc, nt)  # B's distances back
                 break
             sy = 0.0
             ss = 0.0

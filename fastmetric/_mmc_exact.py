@@ -444,6 +444,9 @@ _COMPILED_ANY_N_D = 8
 # its linear rate predicts more than this many further iterations.
 _COMPILED_PATIENCE = 12
 _COMPILED_MAX_ITER = 10_000
+# The compiled loop's passes take a second thread from this much work per
+# thread (4 n d^2 flops a pass; blocks of 512 rows).
+_COMPILED_FLOPS_PER_THREAD = 2e5
 
 
 def _factor_derivatives(prob, L, G):
@@ -782,9 +785,11 @@ def _maximise(prob, B, L, *, max_iter, target, report, compiled):
         budget = min(max_iter, _COMPILED_MAX_ITER)
         hist = np.empty(budget)
         gaps_c = np.empty(budget)
+        nt = threads_for(prob.n_threads, 4.0 * n_pairs * d * d,
+                         _COMPILED_FLOPS_PER_THREAD)
         n_iter, f, gap, G, status = spg_spectraplex(
             Z, B, budget, target, prob.n_identical, _COMPILED_PATIENCE,
-            hist, gaps_c)
+            hist, gaps_c, nt)
         for k in range(n_iter):
             report("gradient", None, hist[k], gaps_c[k], k + 1)
         if status == 3:
