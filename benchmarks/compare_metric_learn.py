@@ -506,7 +506,8 @@ def main(argv=None):
             print(f"warning: {var}={os.environ[var]} is set (may slow BLAS)")
     print("time: best of up to 5 fits within 1 s (one fit if slower); full MMC: "
           "fastmetric, its solver and the reference timed side by side in one "
-          "process (best of up to 15 rounds within 3 s); ga-ip and diagonal: "
+          "process (best of up to 12 rounds, each call after a 0.25 s pause); "
+          "ga-ip and diagonal: "
           "fastmetric run before and after metric-learn, the faster kept; "
           "memory: peak RSS during the first fit minus RSS before it, in its "
           "own process")
