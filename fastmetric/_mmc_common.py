@@ -80,6 +80,7 @@ def dist_sum_and_grad(pairs, A, eps=0.0, n_threads=1):
 
 
 _FACTOR_FLOPS_PER_THREAD = 5e5
+_FACTOR_PAIR_OVERHEAD = 500.0
 
 
 def factor_dist_sum_and_grad(pairs, K, dists=None, n_threads=1, grad=True, eps=0.0):
@@ -97,10 +98,14 @@ def factor_dist_sum_and_grad(pairs, K, dists=None, n_threads=1, grad=True, eps=0
     out = np.empty((d, d) if grad else (0, 0))
     if dists is None:
         dists = np.empty(0)
-    flops = pairs.n_pairs * (2.0 * d * K.shape[1] + (d * d if grad else 0.0))
-    # Measured on two cores: a second thread pays from about 3e5 flops here,
-    # so from 1e6 (two threads per 5e5) it is a clear gain (d=50, 1e3 pairs:
-    # 69 -> 44 us a pass).
+    # Work of the pass: its flops plus, per pair, the gather, the square
+    # root and the tiny BLAS calls' share, which dominate at a few features
+    # (d=5: about 60 ns a pair, the time of some 500 flops here).  Measured
+    # on two cores: a second thread pays from about 3e5 flops-worth, so from
+    # 1e6 (two threads per 5e5) it is a clear gain (d=50, 1e3 pairs: 69 ->
+    # 44 us a pass; d=5, 2000 pairs: 142 -> 103 us).
+    flops = pairs.n_pairs * (2.0 * d * K.shape[1] + (d * d if grad else 0.0)
+                             + _FACTOR_PAIR_OVERHEAD)
     nt = threads_for(n_threads, flops, _FACTOR_FLOPS_PER_THREAD)
     with kernel_threads(nt):
         f = _pairs.sqrt_dist_sum_grad_factor(pairs.X, pairs.i, pairs.j, K, out,
