@@ -1155,11 +1155,10 @@ cdef enum:
     SPG_ROWS = 512
 
 
-cdef void _spg_block(int d, int m, const double *Zb, const double *B,
-                     double *G, double beta, double *dists, double *Y,
-                     double *f) noexcept nogil:
-    """One block of :func:`_spg_value_grad`: ``m`` rows; ``G = beta G + sum``
-    and ``f[0] +=`` the block's value."""
+cdef double _spg_block(int d, int m, const double *Zb, const double *B,
+                       double *G, double *dists, double *Y) noexcept nogil:
+    """One block of :func:`_spg_value_grad` (``m`` rows): its gradient into
+    ``G`` (overwritten), its distances into ``dists``; returns its value."""
     cdef int p, k
     cdef char nn = b'N'
     cdef char tt = b'T'
@@ -1178,9 +1177,9 @@ cdef void _spg_block(int d, int m, const double *Zb, const double *B,
         w = 0.5 / dist if dist > 0 else 0.0
         for k in range(d):
             Y[p * d + k] = Zb[p * d + k] * w
-    # G (+)= Y Zb^T in column-major terms: sum_p y_p z_p^T
-    dgemm(&nn, &tt, &d, &d, &m, &one, Y, &d, <double *> Zb, &d, &beta, G, &d)
-    f[0] += total
+    # G = Y Zb^T in column-major terms: sum_p y_p z_p^T
+    dgemm(&nn, &tt, &d, &d, &m, &one, Y, &d, <double *> Zb, &d, &zero, G, &d)
+    return total
 
 
 cdef inline Py_ssize_t _spg_acc_size(Py_ssize_t n, int d) noexcept nogil:
@@ -1218,9 +1217,8 @@ cdef double _spg_value_grad(int n, int d, const double *Z, const double *B,
         for blk in prange(n_blocks, schedule='static'):
             start = blk * SPG_ROWS
             m = <int> (n - start if n - start < SPG_ROWS else SPG_ROWS)
-            fpart[blk] = 0.0
-            _spg_block(d, m, Z + start * d, B, acc + blk * dd, 0.0,
-                       dists + start, Y + tid * SPG_ROWS * d, fpart + blk)
+            fpart[blk] = _spg_block(d, m, Z + start * d, B, acc + blk * dd,
+                                    dists + start, Y + tid * SPG_ROWS * d)
     for k in range(dd):
         G[k] = acc[k]
     f = fpart[0]
