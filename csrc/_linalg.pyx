@@ -13,7 +13,7 @@ from cython.parallel cimport parallel, prange, threadid
 import numpy as np
 from libc.math cimport INFINITY, fabs, log, pow, sqrt
 from libc.stdlib cimport free, malloc
-from scipy.linalg.cython_blas cimport dgemm, dsyrk, sgemm, ssyrk
+from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk, sgemm, ssyrk
 from scipy.linalg.cython_lapack cimport (
     dormtr,
     dstemr,
@@ -1234,6 +1234,124 @@ cdef double _spg_value_grad(int n, int d, const double *Z, const double *B,
     return f
 
 
+cdef double _spg_block_packed(int nq, int m, const double *Qb, const double *bq,
+                              double *gq, double *dists, double *w) noexcept nogil:
+    """One block of :func:`_spg_value_grad_packed`: ``m`` rows stored column by
+    column (``Qb[q * m + p]``, so both products run down long columns); its
+    packed gradient into ``gq`` (overwritten), its distances into ``dists``,
+    ``w`` (m) scratch; returns its value."""
+    cdef int p, inc = 1
+    cdef char nn = b'N'
+    cdef char tt = b'T'
+    cdef double one = 1.0, zero = 0.0
+    cdef double s, dist, total = 0.0
+    # Qb is m x nq column-major: w = Qb bq holds z_p^T B z_p
+    dgemv(&nn, &m, &nq, &one, <double *> Qb, &m, <double *> bq, &inc, &zero,
+          w, &inc)
+    for p in range(m):
+        s = w[p]
+        dist = sqrt(s) if s > 0 else 0.0
+        dists[p] = dist
+        total += dist
+        w[p] = 0.5 / dist if dist > 0 else 0.0
+    dgemv(&tt, &m, &nq, &one, <double *> Qb, &m, w, &inc, &zero, gq, &inc)
+    return total
+
+
+cdef inline Py_ssize_t _spg_packed_acc_size(Py_ssize_t n, int nq) noexcept nogil:
+    """Doubles of the per-block partial sums :func:`_spg_value_grad_packed` needs."""
+    return ((n + SPG_ROWS - 1) // SPG_ROWS) * (<Py_ssize_t> nq + 1)
+
+
+cdef void _spg_pack_rows(int n, int d, const double *Z, double *Qz) noexcept nogil:
+    """The packed quadratic rows of ``Z``: for row p, ``z_k z_l`` for ``k <= l``
+    (the upper triangle row by row), doubled off the diagonal, so that their
+    dot product with ``pack(B)`` is ``z_p^T B z_p`` for symmetric B.  Stored
+    by blocks of SPG_ROWS rows, each block column by column (entry q of row
+    ``start + p`` at ``Qz[start * nq + q * m + p]``, m the block's rows)."""
+    cdef Py_ssize_t start, p, blk_i
+    cdef int k, l, m, q
+    cdef int nq = d * (d + 1) // 2
+    cdef const double *z
+    cdef double *blk
+    for blk_i in range((n + SPG_ROWS - 1) // SPG_ROWS):
+        start = blk_i * SPG_ROWS
+        m = <int> (n - start if n - start < SPG_ROWS else SPG_ROWS)
+        blk = Qz + start * nq
+        for p in range(m):
+            z = Z + (start + p) * d
+            q = 0
+            for k in range(d):
+                blk[q * m + p] = z[k] * z[k]
+                q += 1
+                for l in range(k + 1, d):
+                    blk[q * m + p] = 2.0 * (z[k] * z[l])
+                    q += 1
+
+
+cdef void _spg_pack(int d, const double *B, double *bq) noexcept nogil:
+    """The upper triangle of symmetric ``B`` row by row (see _spg_pack_rows)."""
+    cdef int k, l, q = 0
+    for k in range(d):
+        for l in range(k, d):
+            bq[q] = B[k * d + l]
+            q += 1
+
+
+cdef double _spg_value_grad_packed(int n, int d, const double *Qz, const double *B,
+                                   double *G, double *dists, double *W,
+                                   double *acc, int nt) noexcept nogil:
+    """:func:`_spg_value_grad` through the packed quadratic rows of
+    :func:`_spg_pack_rows`: two matrix-vector products per block, ``4 n nq``
+    flops with ``nq = d(d+1)/2`` instead of ``4 n d^2`` in matrix products on
+    blocks d wide, which BLAS runs slowly for small d.  ``W`` is scratch of
+    ``d(d+1)/2 + nt * SPG_ROWS`` doubles and ``acc`` of
+    :func:`_spg_packed_acc_size`; per-block slots added in block order, so
+    the result is the same, bit for bit, for any number of threads.
+    """
+    cdef int nq = d * (d + 1) // 2
+    cdef Py_ssize_t n_blocks = (n + SPG_ROWS - 1) // SPG_ROWS
+    cdef Py_ssize_t blk, start, k
+    cdef int m, l, q, tid
+    cdef double f = 0.0
+    cdef double *fpart = acc + n_blocks * nq
+    cdef double *bq = W
+    cdef double *gq
+    if n == 0:
+        for k in range(<Py_ssize_t> d * d):
+            G[k] = 0.0
+        return 0.0
+    if nt > n_blocks:
+        nt = <int> n_blocks
+    if nt < 1:
+        nt = 1
+    _spg_pack(d, B, bq)
+    with parallel(num_threads=nt):
+        tid = threadid()
+        for blk in prange(n_blocks, schedule='static'):
+            start = blk * SPG_ROWS
+            m = <int> (n - start if n - start < SPG_ROWS else SPG_ROWS)
+            fpart[blk] = _spg_block_packed(nq, m, Qz + start * nq, bq,
+                                           acc + blk * nq, dists + start,
+                                           W + nq + tid * SPG_ROWS)
+    gq = acc
+    for blk in range(1, n_blocks):
+        for q in range(nq):
+            gq[q] = gq[q] + acc[blk * nq + q]
+    f = fpart[0]
+    for blk in range(1, n_blocks):
+        f = f + fpart[blk]
+    q = 0
+    for k in range(d):
+        G[k * d + k] = gq[q]
+        q += 1
+        for l in range(<int> k + 1, d):
+            G[k * d + l] = 0.5 * gq[q]
+            G[l * d + k] = 0.5 * gq[q]
+            q += 1
+    return f
+
+
 cdef double _spg_fw_gap(int n, int d, double f, const double *G,
                         const double *dists, Py_ssize_t n_identical,
                         double *a, double *w, int *info) noexcept nogil:
@@ -1290,8 +1408,75 @@ cdef void _capped_simplex(int d, const double *lam, double *out,
         out[k] = v if v > 0 else 0.0
 
 
+cdef enum:
+    # The packed pass (see _spg_value_grad_packed) up to this many features ...
+    SPG_PACKED_MAX_D = 12
+    # ... while its rows take at most this many doubles (32 MB)
+    SPG_PACKED_MAX_ELEMS = 4000000
+
+
+cdef struct SpgPass:
+    # One of the two ways of evaluating f and its gradient over the rows Z.
+    int n
+    int d
+    int nt
+    bint packed
+    const double *Z
+    double *Qz        # packed quadratic rows (n x d(d+1)/2), or NULL
+    double *scratch
+    double *acc
+
+
+cdef bint _spg_packed_pays(int n, int d) noexcept nogil:
+    return d <= SPG_PACKED_MAX_D and \
+        <Py_ssize_t> n * (d * (d + 1) // 2) <= SPG_PACKED_MAX_ELEMS
+
+
+cdef int _spg_pass_init(SpgPass *ps, int n, int d, const double *Z, int nt,
+                        bint packed) noexcept nogil:
+    """Allocate the pass's buffers (and pack the rows); -1 when out of memory."""
+    cdef int nq = d * (d + 1) // 2
+    ps.n = n
+    ps.d = d
+    ps.nt = nt if nt > 1 else 1
+    ps.packed = packed
+    ps.Z = Z
+    ps.Qz = NULL
+    if packed:
+        ps.scratch = <double *> malloc(
+            (<Py_ssize_t> n * nq + nq + ps.nt * SPG_ROWS
+             + _spg_packed_acc_size(n, nq)) * sizeof(double))
+        if ps.scratch == NULL:
+            return -1
+        ps.Qz = ps.scratch
+        ps.scratch = ps.Qz + <Py_ssize_t> n * nq
+        ps.acc = ps.scratch + nq + ps.nt * SPG_ROWS
+        _spg_pack_rows(n, d, Z, ps.Qz)
+    else:
+        ps.scratch = <double *> malloc(
+            (ps.nt * SPG_ROWS * d + _spg_acc_size(n, d)) * sizeof(double))
+        if ps.scratch == NULL:
+            return -1
+        ps.acc = ps.scratch + ps.nt * SPG_ROWS * d
+    return 0
+
+
+cdef void _spg_pass_free(SpgPass *ps) noexcept nogil:
+    free(ps.Qz if ps.packed else ps.scratch)
+
+
+cdef double _spg_eval(SpgPass *ps, const double *B, double *G,
+                      double *dists) noexcept nogil:
+    if ps.packed:
+        return _spg_value_grad_packed(ps.n, ps.d, ps.Qz, B, G, dists, ps.scratch,
+                                      ps.acc, ps.nt)
+    return _spg_value_grad(ps.n, ps.d, ps.Z, B, G, dists, ps.scratch, ps.acc,
+                           ps.nt)
+
+
 def spg_value_grad(const double[:, ::1] Z, const double[:, ::1] B,
-                   double[:, ::1] G, double[::1] dists, int num_threads=1):
+                   double[:, ::1] G, double[::1] dists, int num_threads=1,
+                   packed=None):
     """``f(B) = sum_p sqrt(z_p^T B z_p)``, its gradient into ``G`` and the distances.
 
     Parameters
@@ -1305,29 +1490,32 @@ def spg_value_grad(const double[:, ::1] Z, const double[:, ::1] B,
     dists : ndarray of shape (n,)
     num_threads : int
         OpenMP threads over blocks of rows (BLAS must be single-threaded).
+    packed : bool or None
+        Evaluate through the packed quadratic rows (two matrix-vector
+        products per block) or by matrix products on the rows; None chooses
+        as :func:`spg_spectraplex` does.
 
     Returns
     -------
     f : float
     """
     cdef int n = <int> Z.shape[0], d = <int> Z.shape[1]
-    cdef int nt = num_threads if num_threads > 1 else 1
     cdef double f
-    cdef double *Y = <double *> malloc(
-        (nt * SPG_ROWS * d + _spg_acc_size(n, d)) * sizeof(double))
-    if Y == NULL:
+    cdef SpgPass ps
+    cdef bint use_packed = _spg_packed_pays(n, d) if packed is None else bool(packed)
+    if _spg_pass_init(&ps, n, d, &Z[0, 0] if n > 0 else NULL, num_threads,
+                      use_packed) != 0:
         raise MemoryError()
     with nogil:
-        f = _spg_value_grad(n, d, &Z[0, 0] if n > 0 else NULL, &B[0, 0], &G[0, 0],
-                            &dists[0] if n > 0 else NULL, Y,
-                            Y + nt * SPG_ROWS * d, nt)
-    free(Y)
+        f = _spg_eval(&ps, &B[0, 0], &G[0, 0], &dists[0] if n > 0 else NULL)
+    _spg_pass_free(&ps)
     return f
 
 
 def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
                     double target, Py_ssize_t n_identical, int patience,
-                    double[::1] history, double[::1] gaps, int num_threads=1):
+                    double[::1] history, double[::1] gaps, int num_threads=1,
+                    packed=None):
     """Maximise ``f(B) = sum_p sqrt(z_p^T B z_p)`` over ``{B PSD, trace B <= 1}``.
 
     Spectral projected gradient, as the Python loop of
@@ -1357,6 +1545,12 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
     num_threads : int
         OpenMP threads for the passes over the rows (BLAS must be
         single-threaded); any number gives the same iterates, bit for bit.
+    packed : bool or None
+        Evaluate through the packed quadratic rows ``z_k z_l`` (two
+        matrix-vector products per block of rows, ``2 n d (d+1)`` flops a pass)
+        rather than matrix products on d-wide blocks, which BLAS runs slowly
+        for small d; None: packed up to 12 features while the packed rows
+        take at most 32 MB.
 
     Returns
     -------
@@ -1381,10 +1575,9 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
     cdef double[:, ::1] G_view = G_out
     cdef double *G = &G_view[0, 0]
     cdef int nt = num_threads if num_threads > 1 else 1
-    cdef double *mem = <double *> malloc(
-        (7 * dd + 4 * d + n + nt * SPG_ROWS * d + 10 + _spg_acc_size(n, d))
-        * sizeof(double))
-    cdef double *acc
+    cdef SpgPass ps
+    cdef bint use_packed = _spg_packed_pays(n, d) if packed is None else bool(packed)
+    cdef double *mem = <double *> malloc((7 * dd + 4 * d + n + 10) * sizeof(double))
     cdef double *G_new
     cdef double *B_new
     cdef double *direction
@@ -1396,9 +1589,11 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
     cdef double *u
     cdef double *wtop
     cdef double *dists
-    cdef double *Y
     cdef double *recent
     if mem == NULL:
+        raise MemoryError()
+    if _spg_pass_init(&ps, n, d, Zp, nt, use_packed) != 0:
+        free(mem)
         raise MemoryError()
     G_new = mem
     B_new = G_new + dd
@@ -1412,11 +1607,9 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
     u = proj + d
     wtop = u + d
     dists = wtop + d
-    Y = dists + n
-    recent = Y + nt * SPG_ROWS * d
-    acc = recent + 10
+    recent = dists + n
     with nogil:
-        f = _spg_value_grad(n, d, Zp, Bp, G, dists, Y, acc, nt)
+        f = _spg_eval(&ps, Bp, G, dists)
         if not f > 0:
             gap = INFINITY
             status = 3
@@ -1455,7 +1648,7 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
             while True:
                 for k in range(dd):
                     B_new[k] = Bp[k] + step * direction[k] if step != 1.0 else trial[k]
-                f_new = _spg_value_grad(n, d, Zp, B_new, G_new, dists, Y, acc, nt)
+                f_new = _spg_eval(&ps, B_new, G_new, dists)
                 if f_new >= ref + 1e-4 * step * slope - slack:
                     break
                 step *= 0.5
@@ -1463,7 +1656,7 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
                     status = 2
                     break
             if status == 2:
-                _spg_value_grad(n, d, Zp, Bp, G, dists, Y, acc, nt)  # B's distances back
+                _spg_eval(&ps, Bp, G, dists)  # B's distances back
                 break
             sy = 0.0
             ss = 0.0
@@ -1513,6 +1706,7 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
                     if rate >= 0.95 or log(target / gap) / log(rate) > patience:
                         break
     free(mem)
+    _spg_pass_free(&ps)
     if info != 0:
         raise ArithmeticError(f"LAPACK syevr failed (info={info})")
     return n_iter, f, gap, G_out, status

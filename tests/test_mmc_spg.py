@@ -31,17 +31,18 @@ def _psd(d, rank, seed):
     return B / np.trace(B)
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("num_threads", [1, 2])
 @pytest.mark.parametrize("n", [1, 7, _ROWS, 2 * _ROWS + 3, 7 * _ROWS - 1])
-@pytest.mark.parametrize("d,rank", [(1, 1), (5, 2), (12, 12)])
-def test_value_grad_matches_numpy(n, d, rank, num_threads):
+@pytest.mark.parametrize("d,rank", [(1, 1), (5, 2), (12, 12), (13, 4)])
+def test_value_grad_matches_numpy(n, d, rank, num_threads, packed):
     rng = np.random.default_rng(n + d)
     Z = rng.normal(size=(n, d))
     Z[::5] = 0.0  # pairs of identical points: distance 0, no gradient
     B = _psd(d, rank, d)
     G = np.full((d, d), np.nan)
     dists = np.full(n, np.nan)
-    f = spg_value_grad(Z, B, G, dists, num_threads)
+    f = spg_value_grad(Z, B, G, dists, num_threads, packed)
     f_ref, G_ref = sqrt_dist_sum_and_grad_numpy(Z, B)
     assert f == pytest.approx(f_ref, rel=1e-12)
     np.testing.assert_allclose(G, G_ref, rtol=1e-10, atol=1e-12 * np.abs(G_ref).max())
@@ -51,8 +52,9 @@ def test_value_grad_matches_numpy(n, d, rank, num_threads):
     assert np.all(dists[::5] == 0)
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("n", [3 * _ROWS + 5, 9 * _ROWS])
-def test_value_grad_bitwise_same_for_any_thread_count(n):
+def test_value_grad_bitwise_same_for_any_thread_count(n, packed):
     # per-block partial sums added in block order: the compiled loop takes
     # the same path whatever n_jobs is
     rng = np.random.default_rng(n)
@@ -61,14 +63,15 @@ def test_value_grad_bitwise_same_for_any_thread_count(n):
     outs = []
     for nt in (1, 2, 3):
         G, dists = np.empty((7, 7)), np.empty(n)
-        outs.append((spg_value_grad(Z, B, G, dists, nt), G, dists))
+        outs.append((spg_value_grad(Z, B, G, dists, nt, packed), G, dists))
     for f, G, dists in outs[1:]:
         assert f == outs[0][0]
         np.testing.assert_array_equal(G, outs[0][1])
         np.testing.assert_array_equal(dists, outs[0][2])
 
 
-def test_compiled_loop_same_iterates_for_one_and_two_threads():
+@pytest.mark.parametrize("packed", [False, True])
+def test_compiled_loop_same_iterates_for_one_and_two_threads(packed):
     rng = np.random.default_rng(3)
     Z = rng.normal(size=(4 * _ROWS + 1, 6)) * rng.uniform(0.2, 3.0, 6)
     runs = []
@@ -76,12 +79,29 @@ def test_compiled_loop_same_iterates_for_one_and_two_threads():
         B = np.eye(6) / 6
         h, g = np.empty(200), np.empty(200)
         n_iter, f, gap, G, status = spg_spectraplex(Z, B, 200, 1e-10, 0, 200,
-                                                    h, g, nt)
+                                                    h, g, nt, packed)
         runs.append((n_iter, f, B, h[:n_iter].copy()))
     assert runs[0][0] == runs[1][0] > 0
     assert runs[0][1] == runs[1][1]
     np.testing.assert_array_equal(runs[0][2], runs[1][2])
     np.testing.assert_array_equal(runs[0][3], runs[1][3])
+
+
+def test_compiled_loop_packed_and_blocked_passes_agree():
+    # the two ways of evaluating f differ by rounding only: same optimum,
+    # both certified
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(3 * _ROWS + 7, 5)) * rng.uniform(0.2, 3.0, 5)
+    out = {}
+    for packed in (False, True):
+        B = np.eye(5) / 5
+        h, g = np.empty(300), np.empty(300)
+        n_iter, f, gap, G, status = spg_spectraplex(Z, B, 300, 1e-10, 0, 300,
+                                                    h, g, 1, packed)
+        assert status == 0 and gap <= 1e-10
+        out[packed] = (f, B)
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-12)
+    np.testing.assert_allclose(out[True][1], out[False][1], atol=1e-5)
 
 
 def _gap_at(Z, B, n_identical):
