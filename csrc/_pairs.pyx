@@ -12,21 +12,56 @@ at most ``BLOCK`` rows: the differences of one block are gathered into a
 per-thread buffer and handed to BLAS level 3 (``dgemm`` for ``Delta A``,
 ``dsyrk`` for ``Delta^T W Delta``), so memory stays
 O(threads x (BLOCK x d + d x d)) whatever the number of pairs.  Blocks are
-spread over ``num_threads`` OpenMP threads, each accumulating into its own
-d x d buffer; the buffers are summed at the end.
+spread over ``num_threads`` OpenMP threads in chunks: a fixed partition of
+the blocks into at most ``MAX_CHUNKS`` runs (see :func:`_n_chunks`), each
+summed in order into its own d x d buffer, the buffers added in chunk order at
+the end.  The partition depends on the number of pairs and d only, so every
+sum comes out the same, bit for bit, for any number of threads (a solver
+takes the same path whatever ``n_jobs`` is).
 
 This module does no validation: bounds checks are off, so the Python layer
 must check shapes, dtypes, index ranges and finiteness before calling.
 """
 
 from cython cimport floating
-from cython.parallel cimport parallel, prange, threadid
+from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, dsyrk
 
 cdef Py_ssize_t BLOCK = 256
+# A reduction's blocks are split into at most this many chunks (at least 4,
+# when there are that many blocks) ...
+cdef Py_ssize_t MAX_CHUNKS = 16
+# ... while their accumulators take at most this many doubles (16 MB).
+cdef Py_ssize_t CHUNK_DOUBLES = 2000000
+
+
+cdef inline Py_ssize_t _n_chunks(Py_ssize_t n_blocks, Py_ssize_t size) noexcept nogil:
+    """How many chunks a reduction over ``n_blocks`` blocks with accumulators of
+    ``size`` doubles uses: independent of the thread count, so that the sums
+    are too."""
+    cdef Py_ssize_t c = CHUNK_DOUBLES // (size if size > 0 else 1)
+    if c > MAX_CHUNKS:
+        c = MAX_CHUNKS
+    if c < 4:
+        c = 4
+    return c if c < n_blocks else n_blocks
+
+
+cdef inline Py_ssize_t _chunk_start(Py_ssize_t c, Py_ssize_t n_chunks,
+                                    Py_ssize_t n_blocks) noexcept nogil:
+    """First block of chunk c (chunk c runs to the start of chunk c + 1)."""
+    return c * n_blocks // n_chunks
+
+
+cdef inline double _ordered_sum(const double *parts, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t t
+    cdef double s = 0.0
+    for t in range(n):
+        s = s + parts[t]
+    return s
 
 
 cdef inline void _gemm_nn(int m, int n, int k, double *a, int lda,
@@ -184,33 +219,35 @@ def weighted_outer_sum(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef Py_ssize_t n_pairs = i.shape[0]
     cdef int d = <int> X.shape[1]
     cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t blk, start, stop, p, k
+    cdef Py_ssize_t dd = <Py_ssize_t> d * d
+    cdef Py_ssize_t n_chunks = _n_chunks(n_blocks, dd)
+    cdef Py_ssize_t c, blk, start, stop, p, k
     cdef int nt = num_threads if num_threads > 0 else 1
-    cdef int tid
     cdef bint unweighted = weights.shape[0] == 0
     cdef double s
     cdef double *diff
-    cdef double *acc = <double *> malloc(nt * d * d * sizeof(double))
+    cdef double *acc = <double *> malloc((n_chunks * dd + 1) * sizeof(double))
     if acc == NULL:
         raise MemoryError()
-    memset(acc, 0, nt * d * d * sizeof(double))
+    memset(acc, 0, n_chunks * dd * sizeof(double))
     with nogil, parallel(num_threads=nt):
-        tid = threadid()
         diff = <double *> malloc(BLOCK * d * sizeof(double))
-        for blk in prange(n_blocks, schedule='static'):
-            start = blk * BLOCK
-            stop = start + BLOCK
-            if stop > n_pairs:
-                stop = n_pairs
-            _gather(X, i, j, start, stop, diff)
-            if not unweighted:
-                for p in range(start, stop):
-                    s = sqrt(weights[p])
-                    for k in range(d):
-                        diff[(p - start) * d + k] = diff[(p - start) * d + k] * s
-            _syrk_acc(d, <int> (stop - start), diff, d, acc + tid * d * d, d)
+        for c in prange(n_chunks, schedule='static'):
+            for blk in range(_chunk_start(c, n_chunks, n_blocks),
+                             _chunk_start(c + 1, n_chunks, n_blocks)):
+                start = blk * BLOCK
+                stop = start + BLOCK
+                if stop > n_pairs:
+                    stop = n_pairs
+                _gather(X, i, j, start, stop, diff)
+                if not unweighted:
+                    for p in range(start, stop):
+                        s = sqrt(weights[p])
+                        for k in range(d):
+                            diff[(p - start) * d + k] = diff[(p - start) * d + k] * s
+                _syrk_acc(d, <int> (stop - start), diff, d, acc + c * dd, d)
         free(diff)
-    _symmetrize_sum(acc, nt, d, out)
+    _symmetrize_sum(acc, n_chunks, d, out)
     free(acc)
 
 
@@ -243,44 +280,51 @@ def sqrt_dist_sum_grad(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef Py_ssize_t n_pairs = i.shape[0]
     cdef int d = <int> X.shape[1]
     cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t blk, start, stop, p, k
+    cdef Py_ssize_t dd = <Py_ssize_t> d * d
+    cdef Py_ssize_t n_chunks = _n_chunks(n_blocks, dd + 1)
+    cdef Py_ssize_t c, blk, start, stop, p, k
     cdef int nb
     cdef int nt = num_threads if num_threads > 0 else 1
-    cdef int tid
-    cdef double dist, total = 0.0
+    cdef double dist, total, sub
     cdef double s
     cdef double *diff
     cdef double *tmp
     cdef double *q
-    cdef double *acc = <double *> malloc(nt * d * d * sizeof(double))
+    cdef double *acc = <double *> malloc((n_chunks * (dd + 1) + 1) * sizeof(double))
+    cdef double *parts
     if acc == NULL:
         raise MemoryError()
-    memset(acc, 0, nt * d * d * sizeof(double))
+    parts = acc + n_chunks * dd
+    memset(acc, 0, n_chunks * (dd + 1) * sizeof(double))
     with nogil, parallel(num_threads=nt):
-        tid = threadid()
         diff = <double *> malloc((2 * BLOCK * d + BLOCK) * sizeof(double))
         tmp = diff + BLOCK * d
         q = tmp + BLOCK * d
-        for blk in prange(n_blocks, schedule='static'):
-            start = blk * BLOCK
-            stop = start + BLOCK
-            if stop > n_pairs:
-                stop = n_pairs
-            nb = <int> (stop - start)
-            _gather(X, i, j, start, stop, diff)
-            _block_sq_dists(diff, tmp, &A[0, 0], nb, d, q)
-            for p in range(nb):
-                dist = sqrt(q[p])
-                total += dist
-                if dist + eps > 0:
-                    s = sqrt(0.5 / (dist + eps))
-                else:
-                    s = 0
-                for k in range(d):
-                    diff[p * d + k] = diff[p * d + k] * s
-            _syrk_acc(d, nb, diff, d, acc + tid * d * d, d)
+        for c in prange(n_chunks, schedule='static'):
+            sub = 0.0
+            for blk in range(_chunk_start(c, n_chunks, n_blocks),
+                             _chunk_start(c + 1, n_chunks, n_blocks)):
+                start = blk * BLOCK
+                stop = start + BLOCK
+                if stop > n_pairs:
+                    stop = n_pairs
+                nb = <int> (stop - start)
+                _gather(X, i, j, start, stop, diff)
+                _block_sq_dists(diff, tmp, &A[0, 0], nb, d, q)
+                for p in range(nb):
+                    dist = sqrt(q[p])
+                    sub = sub + dist
+                    if dist + eps > 0:
+                        s = sqrt(0.5 / (dist + eps))
+                    else:
+                        s = 0
+                    for k in range(d):
+                        diff[p * d + k] = diff[p * d + k] * s
+                _syrk_acc(d, nb, diff, d, acc + c * dd, d)
+            parts[c] = sub
         free(diff)
-    _symmetrize_sum(acc, nt, d, grad)
+    _symmetrize_sum(acc, n_chunks, d, grad)
+    total = _ordered_sum(parts, n_chunks)
     free(acc)
     return total
 
@@ -314,57 +358,65 @@ def diag_sqrt_dist_derivs(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef Py_ssize_t n_pairs = i.shape[0]
     cdef int d = <int> X.shape[1]
     cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t blk, start, stop, p, k, t
+    cdef Py_ssize_t dd = <Py_ssize_t> d * d
+    cdef Py_ssize_t n_chunks = _n_chunks(n_blocks, dd + d + 1)
+    cdef Py_ssize_t c, blk, start, stop, p, k, t
     cdef int nb
     cdef int nt = num_threads if num_threads > 0 else 1
-    cdef int tid
-    cdef double dist, total = 0.0
+    cdef double dist, total, sub
     cdef double q
     cdef double s, g
     cdef double *u
-    cdef double *gacc = <double *> malloc(nt * d * (d + 1) * sizeof(double))
+    cdef double *gacc = <double *> malloc(
+        (n_chunks * (dd + d + 1) + 1) * sizeof(double))
     cdef double *hacc
+    cdef double *parts
     if gacc == NULL:
         raise MemoryError()
-    hacc = gacc + nt * d
-    memset(gacc, 0, nt * d * (d + 1) * sizeof(double))
+    hacc = gacc + n_chunks * d
+    parts = hacc + n_chunks * dd
+    memset(gacc, 0, n_chunks * (dd + d + 1) * sizeof(double))
     with nogil, parallel(num_threads=nt):
-        tid = threadid()
         u = <double *> malloc(BLOCK * d * sizeof(double))
-        for blk in prange(n_blocks, schedule='static'):
-            start = blk * BLOCK
-            stop = start + BLOCK
-            if stop > n_pairs:
-                stop = n_pairs
-            nb = <int> (stop - start)
-            _gather(X, i, j, start, stop, u)
-            for p in range(nb):
-                q = 0
-                for k in range(d):
-                    u[p * d + k] = u[p * d + k] * u[p * d + k]
-                    q = q + w[k] * u[p * d + k]
-                dist = sqrt(q)
-                total += dist
-                if dist > 0:
-                    g = 0.5 / dist
-                    # rows u / (2 dist^1.5) as (u / dist) * (0.5 / sqrt(dist)):
-                    # dist^1.5 and dist^3 underflow for tiny distances, u / dist
-                    # does not (u_k <= dist^2 / w_k)
-                    s = 0.5 / sqrt(dist)
-                else:
-                    g = 0
-                    s = 0
-                for k in range(d):
-                    gacc[tid * d + k] += g * u[p * d + k]
-                    u[p * d + k] = (u[p * d + k] * (2.0 * g)) * s
-            _syrk_acc(d, nb, u, d, hacc + tid * d * d, d)
+        for c in prange(n_chunks, schedule='static'):
+            sub = 0.0
+            for blk in range(_chunk_start(c, n_chunks, n_blocks),
+                             _chunk_start(c + 1, n_chunks, n_blocks)):
+                start = blk * BLOCK
+                stop = start + BLOCK
+                if stop > n_pairs:
+                    stop = n_pairs
+                nb = <int> (stop - start)
+                _gather(X, i, j, start, stop, u)
+                for p in range(nb):
+                    q = 0
+                    for k in range(d):
+                        u[p * d + k] = u[p * d + k] * u[p * d + k]
+                        q = q + w[k] * u[p * d + k]
+                    dist = sqrt(q)
+                    sub = sub + dist
+                    if dist > 0:
+                        g = 0.5 / dist
+                        # rows u / (2 dist^1.5) as (u / dist) * (0.5 /
+                        # sqrt(dist)): dist^1.5 and dist^3 underflow for tiny
+                        # distances, u / dist does not (u_k <= dist^2 / w_k)
+                        s = 0.5 / sqrt(dist)
+                    else:
+                        g = 0
+                        s = 0
+                    for k in range(d):
+                        gacc[c * d + k] = gacc[c * d + k] + g * u[p * d + k]
+                        u[p * d + k] = (u[p * d + k] * (2.0 * g)) * s
+                _syrk_acc(d, nb, u, d, hacc + c * dd, d)
+            parts[c] = sub
         free(u)
     for k in range(d):
         g = 0
-        for t in range(nt):
+        for t in range(n_chunks):
             g = g + gacc[t * d + k]
         grad[k] = g
-    _symmetrize_sum(hacc, nt, d, hess)
+    _symmetrize_sum(hacc, n_chunks, d, hess)
+    total = _ordered_sum(parts, n_chunks)
     free(gacc)
     return total
 
@@ -432,54 +484,61 @@ def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef int d = <int> X.shape[1]
     cdef int r = <int> K.shape[1]
     cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t blk, start, stop, p, k
-    cdef int nb
-    cdef int nt = num_threads if num_threads > 0 else 1
-    cdef int tid
     cdef bint keep = dists.shape[0] > 0
     cdef bint want_grad = grad.shape[0] > 0
-    cdef double dist, total = 0.0
+    cdef Py_ssize_t dd = <Py_ssize_t> d * d if want_grad else 0
+    cdef Py_ssize_t n_chunks = _n_chunks(n_blocks, dd + 1)
+    cdef Py_ssize_t c, blk, start, stop, p, k
+    cdef int nb
+    cdef int nt = num_threads if num_threads > 0 else 1
+    cdef double dist, total, sub
     cdef double s, acc_q
     cdef double *diff
     cdef double *tmp
-    cdef double *acc = <double *> malloc(nt * d * d * sizeof(double))
+    cdef double *acc = <double *> malloc((n_chunks * (dd + 1) + 1) * sizeof(double))
+    cdef double *parts
     if acc == NULL:
         raise MemoryError()
-    memset(acc, 0, nt * d * d * sizeof(double))
+    parts = acc + n_chunks * dd
+    memset(acc, 0, n_chunks * (dd + 1) * sizeof(double))
     with nogil, parallel(num_threads=nt):
-        tid = threadid()
         diff = <double *> malloc((BLOCK * d + BLOCK * r) * sizeof(double))
         tmp = diff + BLOCK * d
-        for blk in prange(n_blocks, schedule='static'):
-            start = blk * BLOCK
-            stop = start + BLOCK
-            if stop > n_pairs:
-                stop = n_pairs
-            nb = <int> (stop - start)
-            _gather(X, i, j, start, stop, diff)
-            # Row-major K (d x r) is column-major K^T (r x d, leading dimension
-            # r): column-major K^T diff^T is row-major diff K, nb x r.
-            _gemm_nn(r, nb, d, <double *> &K[0, 0], r, diff, d, tmp, r)
-            for p in range(nb):
-                acc_q = 0
-                for k in range(r):
-                    acc_q = acc_q + tmp[p * r + k] * tmp[p * r + k]
-                dist = sqrt(acc_q)
-                total += dist
-                if keep:
-                    dists[start + p] = dist
+        for c in prange(n_chunks, schedule='static'):
+            sub = 0.0
+            for blk in range(_chunk_start(c, n_chunks, n_blocks),
+                             _chunk_start(c + 1, n_chunks, n_blocks)):
+                start = blk * BLOCK
+                stop = start + BLOCK
+                if stop > n_pairs:
+                    stop = n_pairs
+                nb = <int> (stop - start)
+                _gather(X, i, j, start, stop, diff)
+                # Row-major K (d x r) is column-major K^T (r x d, leading
+                # dimension r): column-major K^T diff^T is row-major diff K.
+                _gemm_nn(r, nb, d, <double *> &K[0, 0], r, diff, d, tmp, r)
+                for p in range(nb):
+                    acc_q = 0
+                    for k in range(r):
+                        acc_q = acc_q + tmp[p * r + k] * tmp[p * r + k]
+                    dist = sqrt(acc_q)
+                    sub = sub + dist
+                    if keep:
+                        dists[start + p] = dist
+                    if want_grad:
+                        if dist + eps > 0:
+                            s = sqrt(0.5 / (dist + eps))
+                        else:
+                            s = 0
+                        for k in range(d):
+                            diff[p * d + k] = diff[p * d + k] * s
                 if want_grad:
-                    if dist + eps > 0:
-                        s = sqrt(0.5 / (dist + eps))
-                    else:
-                        s = 0
-                    for k in range(d):
-                        diff[p * d + k] = diff[p * d + k] * s
-            if want_grad:
-                _syrk_acc(d, nb, diff, d, acc + tid * d * d, d)
+                    _syrk_acc(d, nb, diff, d, acc + c * dd, d)
+            parts[c] = sub
         free(diff)
     if want_grad:
-        _symmetrize_sum(acc, nt, d, grad)
+        _symmetrize_sum(acc, n_chunks, d, grad)
+    total = _ordered_sum(parts, n_chunks)
     free(acc)
     return total
 
@@ -496,8 +555,8 @@ def factor_hessian(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     ``f(L) = sum_p ||L^T z_p||`` (see ``fastmetric._mmc_exact``); pairs with
     ``s_p = 0`` contribute nothing.  Each block of rows is whitened (gemm),
     projected (gemm), scaled into ``psi_p / s_p^1.5`` and accumulated with
-    ``syrk`` in per-thread buffers, so memory stays O(threads x (BLOCK x m +
-    m^2)) with ``m = k r``.
+    ``syrk`` in per-chunk buffers, so memory stays O(threads x BLOCK x m +
+    chunks x m^2) with ``m = k r``.
 
     Parameters
     ----------
@@ -525,51 +584,58 @@ def factor_hessian(const floating[:, ::1] X, const Py_ssize_t[::1] i,
         raise ValueError("factor_hessian: need P (d, k) or (0, 0), L (k, r), "
                          "H (k r, k r)")
     cdef Py_ssize_t n_blocks = (n_pairs + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t blk, start, stop, p, a, c
+    cdef Py_ssize_t mm = <Py_ssize_t> m * m
+    cdef Py_ssize_t n_chunks = _n_chunks(n_blocks, mm + 1)
+    cdef Py_ssize_t ch, blk, start, stop, p, a, c
     cdef int nb
     cdef int nt = num_threads if num_threads > 0 else 1
-    cdef int tid
-    cdef double s, t, u, total = 0.0
+    cdef double s, t, u, total, sub
     cdef double *buf
     cdef double *Zb
     cdef double *Yb
     cdef double *Psi
-    cdef double *acc = <double *> malloc(nt * m * m * sizeof(double))
+    cdef double *acc = <double *> malloc((n_chunks * (mm + 1) + 1) * sizeof(double))
+    cdef double *parts
     if acc == NULL:
         raise MemoryError()
-    memset(acc, 0, nt * m * m * sizeof(double))
+    parts = acc + n_chunks * mm
+    memset(acc, 0, n_chunks * (mm + 1) * sizeof(double))
     with nogil, parallel(num_threads=nt):
-        tid = threadid()
         buf = <double *> malloc(BLOCK * (dx + k + r + m) * sizeof(double))
         Zb = buf + BLOCK * dx if whiten else buf
         Yb = buf + BLOCK * (dx + k)
         Psi = Yb + BLOCK * r
-        for blk in prange(n_blocks, schedule='static'):
-            start = blk * BLOCK
-            stop = start + BLOCK
-            if stop > n_pairs:
-                stop = n_pairs
-            nb = <int> (stop - start)
-            _gather(X, i, j, start, stop, buf)
-            if whiten:
-                # row-major Zb = diff P: column-major P^T diff^T
-                _gemm_nn(k, nb, dx, <double *> &P[0, 0], k, buf, dx, Zb, k)
-            _gemm_nn(r, nb, k, <double *> &L[0, 0], r, Zb, k, Yb, r)
-            for p in range(nb):
-                s = 0
-                for c in range(r):
-                    s = s + Yb[p * r + c] * Yb[p * r + c]
-                s = sqrt(s)
-                total += s
-                # psi / s^1.5 as z (y / s) / sqrt(s): no s^1.5 to underflow
-                t = 1.0 / sqrt(s) if s > 0 else 0.0
-                for c in range(r):
-                    u = Yb[p * r + c] / s * t if s > 0 else 0.0
-                    for a in range(k):
-                        Psi[p * m + c * k + a] = Zb[p * k + a] * u
-            _syrk_acc(m, nb, Psi, m, acc + tid * m * m, m)
+        for ch in prange(n_chunks, schedule='static'):
+            sub = 0.0
+            for blk in range(_chunk_start(ch, n_chunks, n_blocks),
+                             _chunk_start(ch + 1, n_chunks, n_blocks)):
+                start = blk * BLOCK
+                stop = start + BLOCK
+                if stop > n_pairs:
+                    stop = n_pairs
+                nb = <int> (stop - start)
+                _gather(X, i, j, start, stop, buf)
+                if whiten:
+                    # row-major Zb = diff P: column-major P^T diff^T
+                    _gemm_nn(k, nb, dx, <double *> &P[0, 0], k, buf, dx, Zb, k)
+                _gemm_nn(r, nb, k, <double *> &L[0, 0], r, Zb, k, Yb, r)
+                for p in range(nb):
+                    s = 0
+                    for c in range(r):
+                        s = s + Yb[p * r + c] * Yb[p * r + c]
+                    s = sqrt(s)
+                    sub = sub + s
+                    # psi / s^1.5 as z (y / s) / sqrt(s): no s^1.5 to underflow
+                    t = 1.0 / sqrt(s) if s > 0 else 0.0
+                    for c in range(r):
+                        u = Yb[p * r + c] / s * t if s > 0 else 0.0
+                        for a in range(k):
+                            Psi[p * m + c * k + a] = Zb[p * k + a] * u
+                _syrk_acc(m, nb, Psi, m, acc + ch * mm, m)
+            parts[ch] = sub
         free(buf)
-    _symmetrize_sum(acc, nt, m, H)
+    _symmetrize_sum(acc, n_chunks, m, H)
+    total = _ordered_sum(parts, n_chunks)
     free(acc)
     return total
 

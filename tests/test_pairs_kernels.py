@@ -356,7 +356,8 @@ def test_sq_diff_sum(n_pairs, d, dtype):
 
 
 # ---------------------------------------------------------------------------
-# One thread equals two threads (to rounding: the split of the sums differs).
+# Any thread count gives the same bits: the sums are split into chunks that
+# depend on the number of pairs and d only.
 # ---------------------------------------------------------------------------
 
 
@@ -376,25 +377,30 @@ def _run_all(X, i, j, A, w, weights, num_threads):
     res["dhess"] = np.empty((d, d), dt)
     res["df"] = _pairs.diag_sqrt_dist_derivs(X, i, j, w, res["dgrad"], res["dhess"],
                                              num_threads)
+    K = np.ascontiguousarray(np.linalg.cholesky(A)[:, :3])
+    res["kgrad"] = np.empty((d, d), dt)
+    res["kdists"] = np.empty(n, dt)
+    res["kf"] = _pairs.sqrt_dist_sum_grad_factor(X, i, j, K, res["kgrad"],
+                                                 res["kdists"], num_threads)
+    res["kh"] = np.empty((3 * d, 3 * d), dt)
+    res["khf"] = _pairs.factor_hessian(X, i, j, np.empty((0, 0)), K, res["kh"],
+                                       num_threads)
     return res
 
 
 @dtypes
-@pytest.mark.parametrize("n_pairs", [257, 1000, 3000])
-def test_one_thread_equals_two_threads(dtype, n_pairs):
+@pytest.mark.parametrize("n_pairs", [257, 1000, 3000, 64 * 256 + 5])
+def test_any_thread_count_gives_the_same_bits(dtype, n_pairs):
     X, i, j, A = _case(n_pairs, 7, dtype, seed=11)
     rng = np.random.default_rng(12)
     w = rng.uniform(0.1, 1, size=7)
     weights = rng.uniform(0, 1, size=n_pairs)
     one = _run_all(X, i, j, A, w, weights, 1)
-    two = _run_all(X, i, j, A, w, weights, 2)
-    # Per-pair outputs come from the same block computation whatever the thread.
-    np.testing.assert_allclose(one["sq"], two["sq"], rtol=RTOL / 10)
-    np.testing.assert_allclose(one["sq_diag"], two["sq_diag"], rtol=RTOL / 10)
-    for key in ("outer", "grad", "f", "dgrad", "dhess", "df"):
-        a, b = np.asarray(one[key], float), np.asarray(two[key], float)
-        np.testing.assert_allclose(a, b, rtol=0, atol=RTOL * np.abs(a).max(),
-                                   err_msg=key)
+    for nt in (2, 3):
+        other = _run_all(X, i, j, A, w, weights, nt)
+        for key, value in one.items():
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(other[key]),
+                                          err_msg=f"{key}, {nt} threads")
 
 
 # ---------------------------------------------------------------------------
