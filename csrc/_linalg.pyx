@@ -618,21 +618,17 @@ cdef inline void _form_F(int d, int r, const double *P, const double *om,
                          double beta, double lam, double *g, double *Fp,
                          double *F) noexcept nogil:
     """``g = 1 / (lam + beta om)`` and ``F = U^T diag(g) U`` (r x r, full)
-    from U's packed row products ``P`` (:func:`_pack_outer`): one pass of
-    independent sums (vectorisable) instead of r^2 / 2 dot products;
+    from U's packed row products ``P`` (:func:`_pack_outer`): one
+    matrix-vector product (BLAS) instead of r^2 / 2 dot products;
     ``Fp``: r(r+1)/2 scratch."""
-    cdef int i, j, k, q
+    cdef int i, j, k, q, inc = 1
     cdef int nq = r * (r + 1) // 2
-    cdef double gi
-    cdef const double *row
-    for q in range(nq):
-        Fp[q] = 0
+    cdef char nn = b'N'
+    cdef double one = 1.0, zero = 0.0
     for i in range(d):
-        gi = 1.0 / (lam + beta * om[i])
-        g[i] = gi
-        row = P + i * nq
-        for q in range(nq):
-            Fp[q] = Fp[q] + gi * row[q]
+        g[i] = 1.0 / (lam + beta * om[i])
+    # Fp = P^T g: row-major P (d x nq) is column-major nq x d
+    dgemv(&nn, &nq, &d, &one, <double *> P, &nq, g, &inc, &zero, Fp, &inc)
     q = 0
     for j in range(r):
         for k in range(j, r):
@@ -740,7 +736,10 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
     ``_basis_work(d, r)`` doubles.  Returns 0, or nonzero when a root search
     or a check fails (the caller then takes the dense path).
     """
-    cdef int i, j, k, it, m, got
+    cdef int i, j, k, it, m, got, inc = 1
+    cdef char nn = b'N'
+    cdef char tt = b'T'
+    cdef double one = 1.0, zero = 0.0
     cdef double scale, eps_c, lam, h, hp, x, nrm, nrm0, tol
     cdef double *cv
     cdef double *U = work                   # d x r: U0 rotated to orthogonal columns
@@ -766,12 +765,8 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
             F[k * r + j] = x
     if _jacobi_desc(r, F, R, s2) != 0:
         return 1
-    for k in range(r):
-        for i in range(d):
-            x = 0
-            for j in range(r):
-                x = x + U0[j * d + i] * R[k * r + j]
-            U[k * d + i] = x
+    # U = U0 R (both column-major)
+    dgemm(&nn, &nn, &d, &r, &r, &one, <double *> U0, &d, R, &r, &zero, U, &d)
     _pack_outer(d, r, U, P)
     scale = s2[0] if s2[0] > beta * om_max else beta * om_max
     if not scale > 0:
@@ -814,11 +809,7 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
         if not lam <= hi[j]:
             lam = hi[j]
         for it in range(30):
-            for i in range(d):
-                x = 0
-                for k in range(r):
-                    x = x + U[k * d + i] * cv[k]
-                y[i] = x
+            dgemv(&nn, &d, &r, &one, U, &d, cv, &inc, &zero, y, &inc)  # y = U c
             lam = _secular_root(d, y, om, beta, lam, eps_c)
             if not lam > 0:
                 return 5  # c sees no positive eigenvalue
@@ -848,11 +839,7 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
         else:
             return 2
         # the final vector's Rayleigh functional and eigenvector K^{-1} U c
-        for i in range(d):
-            x = 0
-            for k in range(r):
-                x = x + U[k * d + i] * cv[k]
-            y[i] = x
+        dgemv(&nn, &d, &r, &one, U, &d, cv, &inc, &zero, y, &inc)
         lam = _secular_root(d, y, om, beta, lam, eps_c)
         if not (lam > 0 and lam >= lo[j] * (1 - 1e-12) and lam <= hi[j] * (1 + 1e-12)):
             return 7  # outside Weyl's bracket of root j: another root
@@ -880,9 +867,7 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
         for i in range(d):
             V[j * d + i] = V[j * d + i] / nrm
     # Rayleigh-Ritz: H = (V^T U)(V^T U)^T - beta V^T diag(om) V  (m x m)
-    for j in range(m):
-        for k in range(r):
-            R[k * m + j] = _dot4(d, V + j * d, U + k * d)  # R (m x r) = V^T U
+    dgemm(&tt, &nn, &m, &r, &d, &one, V, &d, U, &d, &zero, R, &m)  # R = V^T U
     for j in range(m):
         for k in range(j, m):
             x = 0
@@ -899,19 +884,13 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
     tol = 64.0 * d * DBL_EPS * scale
     got = 0
     for j in range(m):
-        for i in range(d):
-            x = 0
-            for k in range(m):
-                x = x + V[k * d + i] * C[j * m + k]
-            y[i] = x
+        dgemv(&nn, &d, &m, &one, V, &d, C + j * m, &inc, &zero, y, &inc)  # y = V c_j
         # residual: U (U^T y) - beta om y - theta y
-        for k in range(r):
-            tmp[k] = _dot4(d, U + k * d, y)
+        dgemv(&tt, &d, &r, &one, U, &d, y, &inc, &zero, tmp, &inc)
+        dgemv(&nn, &d, &r, &one, U, &d, tmp, &inc, &zero, g, &inc)
         nrm = 0
         for i in range(d):
-            x = -beta * om[i] * y[i] - mu[j] * y[i]
-            for k in range(r):
-                x = x + U[k * d + i] * tmp[k]
+            x = g[i] - beta * om[i] * y[i] - mu[j] * y[i]
             nrm = nrm + x * x
         if not sqrt(nrm) <= tol:
             return 4
