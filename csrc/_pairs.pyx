@@ -676,3 +676,196 @@ def pair_project(const floating[:, ::1] X, const Py_ssize_t[::1] i,
             _gemm_nn(k, <int> (stop - start), d, <double *> &W[0, 0], k, diff, d,
                      &out[start, 0], k)
         free(diff)
+
+
+# Rows of the points route are split into this many fixed runs (whatever the
+# thread count, so its sums are too).
+cdef Py_ssize_t POINT_CHUNKS = 4
+
+
+def sqrt_dist_sum_grad_points(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                              const Py_ssize_t[::1] j, const double[:, ::1] K,
+                              double[:, ::1] grad, double[::1] dists,
+                              int num_threads=1, double eps=0.0):
+    """:func:`sqrt_dist_sum_grad_factor` through the points instead of the pairs.
+
+    With more pairs than points the same sums cost less per point than per
+    pair.  ``T = (X - m) K`` gives every distance as ``||T_a - T_b||`` (2 n d r
+    flops for the points, r per pair), and the gradient ``sum_p w_p D_p D_p^T``
+    equals ``(X - m)^T Y`` with ``Y = Lap(w) X`` for the weighted graph
+    Laplacian of the pairs: Y is scattered pair by pair from the exact
+    differences (2 d per pair), then one matrix product of 2 n d^2 flops.
+    ``m`` is the points' mean; ``Lap(w)`` annihilates constants, so centring
+    changes only the rounding, which it keeps relative to the spread of the
+    data rather than to its offset.  A distance below 1e-5 of its points' norms
+    in T would carry a large relative error, so it is recomputed from the exact
+    difference, ``||K^T D_p||``; identical points give exactly 0.
+
+    Every step has a fixed split -- rows in ``POINT_CHUNKS`` runs, the scatter
+    by rows (each row adds its terms in pair order), pairs independent -- so the result
+    is the same, bit for bit, for any number of threads.  Memory: n x (2 d + r +
+    1) + n_pairs doubles.
+
+    Parameters
+    ----------
+    X, i, j, K, dists, num_threads, eps
+        As :func:`sqrt_dist_sum_grad_factor`.
+    grad : ndarray of shape (n_features, n_features) or (0, 0), float64
+        As there: overwritten with the gradient, or an empty array for a
+        value-only pass (which skips the scatter and the d x d product).
+
+    Returns
+    -------
+    f : float
+        ``sum_p ||K^T D_p||``.
+    """
+    cdef Py_ssize_t n_pairs = i.shape[0]
+    cdef int n = <int> X.shape[0]
+    cdef int d = <int> X.shape[1]
+    cdef int r = <int> K.shape[1]
+    cdef bint want_grad = grad.shape[0] > 0
+    if K.shape[0] != d or r < 1 or (want_grad and (grad.shape[0] != d
+                                                   or grad.shape[1] != d)):
+        raise ValueError("sqrt_dist_sum_grad_points: need K (d, r >= 1) and "
+                         "grad (d, d) or (0, 0)")
+    if dists.shape[0] not in (0, n_pairs):
+        raise ValueError("sqrt_dist_sum_grad_points: dists must have n_pairs "
+                         "entries or none")
+    cdef Py_ssize_t dd = <Py_ssize_t> d * d
+    cdef Py_ssize_t n_chunks = POINT_CHUNKS if n >= POINT_CHUNKS else 1
+    cdef int nt = num_threads if num_threads > 0 else 1
+    cdef Py_ssize_t p, a, b, q, c, k, k0, k1, r0, r1
+    cdef int rows
+    cdef double s, dist, w, total, diff, tiny
+    cdef char tn = b'N'
+    cdef char tt = b'T'
+    cdef double one = 1.0, zero = 0.0
+    cdef Py_ssize_t n_buf = (<Py_ssize_t> n * (d + r + 1) + (2 * n_pairs)
+                             + (<Py_ssize_t> n * d + n_chunks * dd if want_grad else 0)
+                             + n_chunks * d + d + r + 1)
+    cdef double *C = <double *> malloc(n_buf * sizeof(double))
+    cdef double *T
+    cdef double *tnorm
+    cdef double *dist_of
+    cdef double *w_of
+    cdef double *msum
+    cdef double *m
+    cdef double *row
+    cdef double *Y = NULL
+    cdef double *acc = NULL
+    if C == NULL:
+        raise MemoryError()
+    T = C + <Py_ssize_t> n * d
+    tnorm = T + <Py_ssize_t> n * r
+    dist_of = tnorm + n
+    w_of = dist_of + n_pairs
+    msum = w_of + n_pairs
+    m = msum + n_chunks * d
+    row = m + d
+    if want_grad:
+        Y = row + r
+        acc = Y + <Py_ssize_t> n * d
+    with nogil:
+        # The mean: per-run sums in parallel, added in run order.
+        for c in prange(n_chunks, num_threads=nt, schedule='static'):
+            for k in range(d):
+                msum[c * d + k] = 0.0
+            for q in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+                for k in range(d):
+                    msum[c * d + k] = msum[c * d + k] + <double> X[q, k]
+        for k in range(d):
+            s = 0.0
+            for c in range(n_chunks):
+                s = s + msum[c * d + k]
+            m[k] = s / n if n > 0 else 0.0
+        # Centre, T = C K and T's row norms, run by run.
+        for c in prange(n_chunks, num_threads=nt, schedule='static'):
+            r0 = c * n // n_chunks
+            r1 = (c + 1) * n // n_chunks
+            rows = <int> (r1 - r0)
+            for q in range(r0, r1):
+                for k in range(d):
+                    C[q * d + k] = <double> X[q, k] - m[k]
+            if rows > 0:
+                # column-major T_c^T (r x rows) = K^T (r x d) C_c^T (d x rows)
+                dgemm(&tn, &tn, &r, &rows, &d, &one, <double *> &K[0, 0], &r,
+                      C + r0 * d, &d, &zero, T + r0 * r, &r)
+            for q in range(r0, r1):
+                s = 0.0
+                for k in range(r):
+                    s = s + T[q * r + k] * T[q * r + k]
+                tnorm[q] = s
+        # Every pair's distance and weight (pairs are independent).
+        for p in prange(n_pairs, num_threads=nt, schedule='static'):
+            a = i[p]
+            b = j[p]
+            s = 0.0
+            for k in range(r):
+                diff = T[a * r + k] - T[b * r + k]
+                s = s + diff * diff
+            if s <= 1e-10 * (tnorm[a] + tnorm[b]):
+                s = _exact_sq_dist(X, a, b, K, d, r)
+            dist = sqrt(s)
+            dist_of[p] = dist
+            w_of[p] = 0.5 / (dist + eps) if dist + eps > 0 else 0.0
+        total = _ordered_sum(dist_of, n_pairs)
+        if dists.shape[0] > 0:
+            for p in range(n_pairs):
+                dists[p] = dist_of[p]
+        if want_grad:
+            # Y = Lap(w) X: each thread owns a run of rows and scans all the
+            # pairs for its own, so every row adds its terms in pair order.
+            for c in prange(nt, num_threads=nt, schedule='static'):
+                r0 = c * n // nt
+                r1 = (c + 1) * n // nt
+                for q in range(r0 * d, r1 * d):
+                    Y[q] = 0.0
+                for p in range(n_pairs):
+                    a = i[p]
+                    b = j[p]
+                    if (a >= r0 and a < r1) or (b >= r0 and b < r1):
+                        w = w_of[p]
+                        if w != 0.0:
+                            if a >= r0 and a < r1:
+                                for k in range(d):
+                                    Y[a * d + k] = Y[a * d + k] + w * (
+                                        <double> X[a, k] - <double> X[b, k])
+                            if b >= r0 and b < r1:
+                                for k in range(d):
+                                    Y[b * d + k] = Y[b * d + k] - w * (
+                                        <double> X[a, k] - <double> X[b, k])
+            # acc_c = C_c^T Y_c (column-major d x d) for each run of rows.
+            for c in prange(n_chunks, num_threads=nt, schedule='static'):
+                r0 = c * n // n_chunks
+                rows = <int> ((c + 1) * n // n_chunks - r0)
+                if rows > 0:
+                    dgemm(&tn, &tt, &d, &d, &rows, &one, C + r0 * d, &d,
+                          Y + r0 * d, &d, &zero, acc + c * dd, &d)
+                else:
+                    memset(acc + c * dd, 0, dd * sizeof(double))
+            # The exact product is symmetric: average its two triangles.
+            for a in range(d):
+                for b in range(a + 1):
+                    s = 0.0
+                    diff = 0.0
+                    for c in range(n_chunks):
+                        s = s + acc[c * dd + b * d + a]
+                        diff = diff + acc[c * dd + a * d + b]
+                    grad[a, b] = 0.5 * (s + diff)
+                    grad[b, a] = grad[a, b]
+    free(C)
+    return total
+
+
+cdef inline double _exact_sq_dist(const floating[:, ::1] X, Py_ssize_t a,
+                                  Py_ssize_t b, const double[:, ::1] K, int d,
+                                  int r) noexcept nogil:
+    """``||K^T (X[a] - X[b])||^2`` from the exact difference."""
+    cdef Py_ssize_t k, t
+    cdef double s = 0.0, u
+    for t in range(r):
+        u = 0.0
+        for k in range(d):
+            u = u + (<double> X[a, k] - <double> X[b, k]) * K[k, t]
+        s = s + u * u
+    return s

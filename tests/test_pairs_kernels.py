@@ -116,6 +116,10 @@ grid = pytest.mark.parametrize("n_pairs", N_PAIRS)
 dims = pytest.mark.parametrize("d", DIMS)
 dtypes = pytest.mark.parametrize("dtype", DTYPES)
 threads = pytest.mark.parametrize("num_threads", THREADS)
+# The low-rank pass through the pairs and through the points: the same sums.
+factor_kernels = pytest.mark.parametrize(
+    "factor_kernel", [_pairs.sqrt_dist_sum_grad_factor,
+                      _pairs.sqrt_dist_sum_grad_points], ids=["pairs", "points"])
 
 
 @grid
@@ -246,13 +250,15 @@ def ref_sqrt_dist_sum_grad_factor(X, i, j, K):
 @dtypes
 @threads
 @pytest.mark.parametrize("rank", [1, 2, "d"])
-def test_sqrt_dist_sum_grad_factor(n_pairs, d, dtype, num_threads, rank):
+@factor_kernels
+def test_sqrt_dist_sum_grad_factor(n_pairs, d, dtype, num_threads, rank,
+                                   factor_kernel):
     X, i, j, _ = _case(n_pairs, d, dtype)
     r = d if rank == "d" else rank
     K = np.random.default_rng(3).normal(size=(d, r))
     grad = np.full((d, d), np.nan)
     dists = np.full(n_pairs, np.nan)
-    f = _pairs.sqrt_dist_sum_grad_factor(X, i, j, K, grad, dists, num_threads)
+    f = factor_kernel(X, i, j, K, grad, dists, num_threads)
     dist_ref, dist_scale, grad_ref, grad_scale = ref_sqrt_dist_sum_grad_factor(
         X, i, j, K)
     _assert_close(f, dist_ref.sum(), dist_scale.sum(), dtype)
@@ -267,9 +273,7 @@ def test_sqrt_dist_sum_grad_factor(n_pairs, d, dtype, num_threads, rank):
         g_full = np.empty((d, d))
         f_full = _pairs.sqrt_dist_sum_grad(X, i, j, A, g_full, 0.0, num_threads)
         _assert_close(f, f_full, dist_scale.sum(), dtype, factor=4.0)
-    f_only = _pairs.sqrt_dist_sum_grad_factor(
-        X, i, j, K, np.empty((0, 0)), np.empty(0),
-        num_threads)
+    f_only = factor_kernel(X, i, j, K, np.empty((0, 0)), np.empty(0), num_threads)
     assert f_only == f
 
 
@@ -277,7 +281,9 @@ def test_sqrt_dist_sum_grad_factor(n_pairs, d, dtype, num_threads, rank):
                                          (3000, 9)])
 @dtypes
 @threads
-def test_sqrt_dist_sum_grad_factor_with_eps(n_pairs, d, dtype, num_threads):
+@factor_kernels
+def test_sqrt_dist_sum_grad_factor_with_eps(n_pairs, d, dtype, num_threads,
+                                            factor_kernel):
     # eps in the gradient's denominators, as metric-learn's ga-ip takes its
     # gradient (every pair, also those at zero distance, weighs 1/(2(dist+eps))),
     # over many blocks of pairs.  A rank-1 factor puts many pairs at zero
@@ -290,8 +296,7 @@ def test_sqrt_dist_sum_grad_factor_with_eps(n_pairs, d, dtype, num_threads):
         eps = 1e-3
         grad = np.full((d, d), np.nan)
         dists = np.full(n_pairs, np.nan)
-        f = _pairs.sqrt_dist_sum_grad_factor(X_, i, j, K, grad, dists, num_threads,
-                                             eps)
+        f = factor_kernel(X_, i, j, K, grad, dists, num_threads, eps)
         D = _diffs(X_, i, j)
         dist = np.sqrt(np.einsum("pk,pk->p", *(D @ K,) * 2))
         coef = 0.5 / (dist + eps)
@@ -303,9 +308,79 @@ def test_sqrt_dist_sum_grad_factor_with_eps(n_pairs, d, dtype, num_threads):
         _assert_close(grad, grad_ref, scale, dtype, factor=4.0)
         # eps = 0 through the same blocks: the plain factor gradient
         g0 = np.empty((d, d))
-        _pairs.sqrt_dist_sum_grad_factor(X_, i, j, K, g0, np.empty(0), num_threads)
+        factor_kernel(X_, i, j, K, g0, np.empty(0), num_threads)
         _, _, g0_ref, g0_scale = ref_sqrt_dist_sum_grad_factor(X_, i, j, K)
         _assert_close(g0, g0_ref, g0_scale, dtype, factor=2.0)
+
+
+@dtypes
+@threads
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_points_route_keeps_precision_far_from_the_origin(dtype, num_threads, offset):
+    # The points route takes distances as differences of T = (X - m) K:
+    # centring keeps their rounding relative to the data's spread, not to its
+    # offset, and pairs of nearly identical points (which would lose their
+    # digits to that rounding) are recomputed from the exact difference.
+    rng = np.random.default_rng(5)
+    d, n_points, n_pairs = 30, 200, 1500
+    X = rng.normal(size=(n_points, d))
+    X[1] = X[0] + 1e-9 * rng.normal(size=d)  # a nearly identical pair
+    X[3] = X[2]
+    X = (X + offset).astype(dtype)
+    i = rng.integers(0, n_points, n_pairs).astype(np.intp)
+    j = rng.integers(0, n_points, n_pairs).astype(np.intp)
+    i[:4], j[:4] = [0, 1, 2, 3], [1, 0, 3, 2]
+    K = rng.normal(size=(d, 5))
+    grads, dists = [np.empty((d, d)) for _ in range(2)], [np.empty(n_pairs)
+                                                         for _ in range(2)]
+    fs = [kern(X, i, j, K, g, dd, num_threads, 0.0) for kern, g, dd in zip(
+        (_pairs.sqrt_dist_sum_grad_factor, _pairs.sqrt_dist_sum_grad_points),
+        grads, dists, strict=True)]
+    dist_ref, dist_scale, grad_ref, grad_scale = ref_sqrt_dist_sum_grad_factor(
+        X, i, j, K)
+    for f, g, dd in zip(fs, grads, dists, strict=True):
+        _assert_close(dd, dist_ref, dist_scale, dtype, factor=4.0)
+        _assert_close(f, dist_ref.sum(), dist_scale.sum(), dtype, factor=4.0)
+        _assert_close(g, grad_ref, grad_scale, dtype, factor=8.0)
+    assert dists[1][2] == 0 and dists[1][3] == 0
+    if dtype == np.float64 or offset == 0:  # float32 cannot hold the 1e-9 gap
+        np.testing.assert_allclose(dists[1][:2], dist_ref[:2], rtol=1e-12)
+
+
+def test_factor_front_end_routes_through_the_points():
+    # More pairs than points and enough features: the front-end takes the
+    # points route, with the pair route's value and gradient.
+    from fastmetric._mmc_common import _points_flops, factor_dist_sum_and_grad
+    from fastmetric._validation import PairData
+
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(300, 40))
+    i = rng.integers(0, 300, 6000).astype(np.intp)
+    j = rng.integers(0, 300, 6000).astype(np.intp)
+    K = rng.normal(size=(40, 6))
+    data = PairData(X, i, j)
+    flops_pairs = 6000 * (2 * 40 * 6 + 40 * 40 + 500.0)
+    assert _points_flops(data, 6, True) < flops_pairs
+    assert _points_flops(PairData(X[:, :5].copy(), i, j), 6, True) is None
+    f, G = factor_dist_sum_and_grad(data, K, n_threads=2)
+    g_points, g_pairs = np.empty((40, 40)), np.empty((40, 40))
+    assert f == _pairs.sqrt_dist_sum_grad_points(X, i, j, K, g_points, np.empty(0))
+    np.testing.assert_array_equal(G, g_points)
+    f_pairs = _pairs.sqrt_dist_sum_grad_factor(X, i, j, K, g_pairs, np.empty(0))
+    np.testing.assert_allclose(f, f_pairs, rtol=1e-13)
+    np.testing.assert_allclose(G, g_pairs, rtol=1e-12, atol=1e-12 * np.abs(
+        g_pairs).max())
+
+
+def test_points_route_rejects_bad_shapes():
+    X = np.zeros((10, 4))
+    i = j = np.zeros(3, dtype=np.intp)
+    with pytest.raises(ValueError, match="K"):
+        _pairs.sqrt_dist_sum_grad_points(X, i, j, np.zeros((3, 2)),
+                                         np.empty((4, 4)), np.empty(0))
+    with pytest.raises(ValueError, match="dists"):
+        _pairs.sqrt_dist_sum_grad_points(X, i, j, np.zeros((4, 2)),
+                                         np.empty((4, 4)), np.empty(2))
 
 
 @grid
@@ -382,6 +457,10 @@ def _run_all(X, i, j, A, w, weights, num_threads):
     res["kdists"] = np.empty(n, dt)
     res["kf"] = _pairs.sqrt_dist_sum_grad_factor(X, i, j, K, res["kgrad"],
                                                  res["kdists"], num_threads)
+    res["pgrad"] = np.empty((d, d), dt)
+    res["pdists"] = np.empty(n, dt)
+    res["pf"] = _pairs.sqrt_dist_sum_grad_points(X, i, j, K, res["pgrad"],
+                                                 res["pdists"], num_threads)
     res["kh"] = np.empty((3 * d, 3 * d), dt)
     res["khf"] = _pairs.factor_hessian(X, i, j, np.empty((0, 0)), K, res["kh"],
                                        num_threads)
