@@ -1,4 +1,4 @@
-"""A/B timings behind two thread-count choices of the MMC solvers.
+"""A/B timings behind kernel choices of the MMC solvers: threads, the points route.
 
 Each pair of settings runs alternately in one process on the data of
 ``compare_metric_learn.py`` (Gaussian classes, half similar pairs), best of
@@ -8,7 +8,10 @@ Each pair of settings runs alternately in one process on the data of
   and on the threads ``_COMPILED_FLOPS_PER_THREAD`` gives it;
 * ``MMC(solver="ga-ip")`` (d=5, 1e4 pairs, 100 iterations) with the low-rank
   pair pass choosing its threads from flops alone and with the per-pair cost
-  ``_FACTOR_PAIR_OVERHEAD``.
+  ``_FACTOR_PAIR_OVERHEAD``;
+* exact and ga-ip MMC at d=50 with 1e4 and 1e5 pairs, the low-rank pass
+  through the pairs only and with the points route where its cost model
+  takes it (``_POINTS_MIN_FEATURES``).
 
 Run from an environment where fastmetric is built::
 
@@ -76,6 +79,25 @@ def main(argv=None):
           f"{best['flops only'] * 1e3:.1f} ms, default "
           f"{best['default'] * 1e3:.1f} ms "
           f"({best['flops only'] / best['default']:.2f}x)")
+    default_min = common._POINTS_MIN_FEATURES
+    for solver, n_pairs, max_iter in (("exact", 10_000, None),
+                                      ("exact", 100_000, None),
+                                      ("ga-ip", 10_000, 30), ("ga-ip", 100_000, 3)):
+        X, pairs, labels = make_data({"kind": "gaussian", "d": 50,
+                                      "n_pairs": n_pairs})
+        fit = _fitter("fastmetric", solver, X, pairs, labels, max_iter)
+        fit()
+        best = alternate(fit, {
+            "pairs only": lambda: setattr(common, "_POINTS_MIN_FEATURES",
+                                          float("inf")),
+            "default": lambda: setattr(common, "_POINTS_MIN_FEATURES",
+                                       default_min),
+        }, args.rounds)
+        common._POINTS_MIN_FEATURES = default_min
+        print(f"{solver}, d=50, {n_pairs:.0e} pairs: pairs only "
+              f"{best['pairs only'] * 1e3:.1f} ms, default "
+              f"{best['default'] * 1e3:.1f} ms "
+              f"({best['pairs only'] / best['default']:.2f}x)")
 
 
 if __name__ == "__main__":
