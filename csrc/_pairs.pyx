@@ -91,7 +91,6 @@ cdef inline void _gather(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     """
     cdef Py_ssize_t d = X.shape[1]
     cdef Py_ssize_t p, k, a, b
-    cdef double *row
     for p in range(start, stop):
         a = i[p]
         b = j[p]
@@ -704,7 +703,7 @@ def sqrt_dist_sum_grad_points(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     Every step has a fixed split -- rows in ``POINT_CHUNKS`` runs, the scatter
     by rows (each row adds its terms in pair order), pairs independent -- so the result
     is the same, bit for bit, for any number of threads.  Memory: n x (2 d + r +
-    1) + n_pairs doubles.
+    1) doubles, plus n_pairs when ``dists`` is not kept.
 
     Parameters
     ----------
@@ -734,36 +733,34 @@ def sqrt_dist_sum_grad_points(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef Py_ssize_t dd = <Py_ssize_t> d * d
     cdef Py_ssize_t n_chunks = POINT_CHUNKS if n >= POINT_CHUNKS else 1
     cdef int nt = num_threads if num_threads > 0 else 1
-    cdef Py_ssize_t p, a, b, q, c, k, k0, k1, r0, r1
+    cdef Py_ssize_t p, a, b, q, c, k, r0, r1
     cdef int rows
-    cdef double s, dist, w, total, diff, tiny
+    cdef double s, dist, w, total, diff
     cdef char tn = b'N'
     cdef char tt = b'T'
     cdef double one = 1.0, zero = 0.0
-    cdef Py_ssize_t n_buf = (<Py_ssize_t> n * (d + r + 1) + (2 * n_pairs)
+    cdef bint keep = dists.shape[0] > 0
+    cdef Py_ssize_t n_buf = (<Py_ssize_t> n * (d + r + 1) + (0 if keep else n_pairs)
                              + (<Py_ssize_t> n * d + n_chunks * dd if want_grad else 0)
-                             + n_chunks * d + d + r + 1)
+                             + n_chunks * d + d + 1)
     cdef double *C = <double *> malloc(n_buf * sizeof(double))
     cdef double *T
     cdef double *tnorm
     cdef double *dist_of
-    cdef double *w_of
     cdef double *msum
     cdef double *m
-    cdef double *row
     cdef double *Y = NULL
     cdef double *acc = NULL
     if C == NULL:
         raise MemoryError()
     T = C + <Py_ssize_t> n * d
     tnorm = T + <Py_ssize_t> n * r
-    dist_of = tnorm + n
-    w_of = dist_of + n_pairs
-    msum = w_of + n_pairs
+    # The distances go straight into ``dists`` when the caller keeps them.
+    msum = tnorm + n
     m = msum + n_chunks * d
-    row = m + d
+    dist_of = &dists[0] if keep else m + d
     if want_grad:
-        Y = row + r
+        Y = m + d + (0 if keep else n_pairs)
         acc = Y + <Py_ssize_t> n * d
     with nogil:
         # The mean: per-run sums in parallel, added in run order.
@@ -805,13 +802,8 @@ def sqrt_dist_sum_grad_points(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                 s = s + diff * diff
             if s <= 1e-10 * (tnorm[a] + tnorm[b]):
                 s = _exact_sq_dist(X, a, b, K, d, r)
-            dist = sqrt(s)
-            dist_of[p] = dist
-            w_of[p] = 0.5 / (dist + eps) if dist + eps > 0 else 0.0
+            dist_of[p] = sqrt(s)
         total = _ordered_sum(dist_of, n_pairs)
-        if dists.shape[0] > 0:
-            for p in range(n_pairs):
-                dists[p] = dist_of[p]
         if want_grad:
             # Y = Lap(w) X: each thread owns a run of rows and scans all the
             # pairs for its own, so every row adds its terms in pair order.
@@ -823,17 +815,17 @@ def sqrt_dist_sum_grad_points(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                 for p in range(n_pairs):
                     a = i[p]
                     b = j[p]
-                    if (a >= r0 and a < r1) or (b >= r0 and b < r1):
-                        w = w_of[p]
-                        if w != 0.0:
-                            if a >= r0 and a < r1:
-                                for k in range(d):
-                                    Y[a * d + k] = Y[a * d + k] + w * (
-                                        <double> X[a, k] - <double> X[b, k])
-                            if b >= r0 and b < r1:
-                                for k in range(d):
-                                    Y[b * d + k] = Y[b * d + k] - w * (
-                                        <double> X[a, k] - <double> X[b, k])
+                    dist = dist_of[p] + eps
+                    if dist > 0 and ((a >= r0 and a < r1) or (b >= r0 and b < r1)):
+                        w = 0.5 / dist
+                        if a >= r0 and a < r1:
+                            for k in range(d):
+                                Y[a * d + k] = Y[a * d + k] + w * (
+                                    <double> X[a, k] - <double> X[b, k])
+                        if b >= r0 and b < r1:
+                            for k in range(d):
+                                Y[b * d + k] = Y[b * d + k] - w * (
+                                    <double> X[a, k] - <double> X[b, k])
             # acc_c = C_c^T Y_c (column-major d x d) for each run of rows.
             for c in prange(n_chunks, num_threads=nt, schedule='static'):
                 r0 = c * n // n_chunks
