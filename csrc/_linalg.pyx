@@ -598,37 +598,42 @@ cdef inline double _dot4(int n, const double *x, const double *y) noexcept nogil
     return (s0 + s1) + (s2 + s3)
 
 
+cdef inline int _pq(int r, int j, int k) noexcept nogil:
+    """Index of (j, k), j <= k, among the packed products of :func:`_pack_outer`."""
+    return j * r - j * (j - 1) // 2 + k - j
+
+
 cdef inline void _pack_outer(int d, int r, const double *U,
                              double *P) noexcept nogil:
-    """Row i of ``P`` (d x r(r+1)/2, row-major): the products ``U_ij U_ik``,
-    j <= k, of U's row i (U: d x r, column-major), packed row by row."""
-    cdef int i, j, k, q
-    cdef int nq = r * (r + 1) // 2
-    cdef double x
-    for i in range(d):
-        q = i * nq
-        for j in range(r):
-            x = U[j * d + i]
-            for k in range(j, r):
-                P[q] = x * U[k * d + i]
-                q += 1
+    """Column q = (j, k), j <= k, of ``P`` (d x r(r+1)/2, column-major): the
+    products ``U_ij U_ik`` of U's columns j and k (U: d x r, column-major)."""
+    cdef int i, j, k
+    cdef const double *uj
+    cdef const double *uk
+    cdef double *pq = P
+    for j in range(r):
+        uj = U + j * d
+        for k in range(j, r):
+            uk = U + k * d
+            for i in range(d):
+                pq[i] = uj[i] * uk[i]
+            pq = pq + d
 
 
 cdef inline void _form_F(int d, int r, const double *P, const double *om,
                          double beta, double lam, double *g, double *Fp,
                          double *F) noexcept nogil:
     """``g = 1 / (lam + beta om)`` and ``F = U^T diag(g) U`` (r x r, full)
-    from U's packed row products ``P`` (:func:`_pack_outer`): one
+    from U's packed column products ``P`` (:func:`_pack_outer`): one
     matrix-vector product (BLAS) instead of r^2 / 2 dot products;
     ``Fp``: r(r+1)/2 scratch."""
     cdef int i, j, k, q, inc = 1
     cdef int nq = r * (r + 1) // 2
-    cdef char nn = b'N'
+    cdef char tt = b'T'
     cdef double one = 1.0, zero = 0.0
     for i in range(d):
         g[i] = 1.0 / (lam + beta * om[i])
-    # Fp = P^T g: row-major P (d x nq) is column-major nq x d
-    dgemv(&nn, &nq, &d, &one, <double *> P, &nq, g, &inc, &zero, Fp, &inc)
+    dgemv(&tt, &d, &nq, &one, <double *> P, &d, g, &inc, &zero, Fp, &inc)
     q = 0
     for j in range(r):
         for k in range(j, r):
@@ -637,30 +642,50 @@ cdef inline void _form_F(int d, int r, const double *P, const double *om,
             q += 1
 
 
-cdef double _secular_root(int d, const double *z, const double *om, double beta,
-                          double start, double floor) noexcept nogil:
-    """The rho > floor with ``sum_i z_i^2 / (rho + beta om_i) = 1``, or -1 if
-    none: safeguarded Newton on ``1 / phi - 1`` (linear when beta = 0)."""
-    cdef double a = floor, b = 0, rho, phi, dphi, q, new
-    cdef int i, it
+cdef inline void _secular_sums(int d, const double *z, const double *om, double beta,
+                               double rho, double *q, double *phi,
+                               double *dphi) noexcept nogil:
+    """``phi = sum_i z_i^2 q_i`` and ``dphi = sum_i z_i^2 q_i^2`` with
+    ``q_i = 1 / (rho + beta om_i)`` (into ``q``): the divisions in a loop of
+    their own, which the compiler vectorises."""
+    cdef int i = 0
+    cdef double p0 = 0, p1 = 0, e0 = 0, e1 = 0, u0, u1
     for i in range(d):
-        b = b + z[i] * z[i]
+        q[i] = 1.0 / (rho + beta * om[i])
+    i = 0
+    while i + 2 <= d:
+        u0 = z[i] * q[i]
+        u1 = z[i + 1] * q[i + 1]
+        p0 = p0 + z[i] * u0
+        p1 = p1 + z[i + 1] * u1
+        e0 = e0 + u0 * u0
+        e1 = e1 + u1 * u1
+        i += 2
+    if i < d:
+        u0 = z[i] * q[i]
+        p0 = p0 + z[i] * u0
+        e0 = e0 + u0 * u0
+    phi[0] = p0 + p1
+    dphi[0] = e0 + e1
+
+
+cdef double _secular_root(int d, const double *z, const double *om, double beta,
+                          double start, double floor, double *q) noexcept nogil:
+    """The rho > floor with ``sum_i z_i^2 / (rho + beta om_i) = 1``, or -1 if
+    none: safeguarded Newton on ``1 / phi - 1`` (linear when beta = 0).
+    ``q``: d doubles of scratch."""
+    cdef double a = floor, b, rho, phi = 0, dphi = 0, new
+    cdef int it
+    b = _dot4(d, z, z)
     # phi(rho) <= |z|^2 / rho, so phi(|z|^2) <= 1; phi decreases
     if not b > a:
         return -1.0
-    phi = 0
-    for i in range(d):
-        phi = phi + z[i] * z[i] / (a + beta * om[i])
+    _secular_sums(d, z, om, beta, a, q, &phi, &dphi)
     if not phi > 1.0:
         return -1.0
     rho = start if (start > a and start < b) else 0.5 * (a + b)
     for it in range(100):
-        phi = 0
-        dphi = 0
-        for i in range(d):
-            q = 1.0 / (rho + beta * om[i])
-            phi = phi + z[i] * z[i] * q
-            dphi = dphi + z[i] * z[i] * q * q
+        _secular_sums(d, z, om, beta, rho, q, &phi, &dphi)
         if phi > 1.0:
             a = rho
         elif phi < 1.0:
@@ -685,7 +710,9 @@ cdef int _solve_small(int n, double *a, const double *rhs, double *x,
     the null vector), and a zero ``a`` leaves ``x = rhs``.  Returns 0, or 1
     if ``a`` is not finite."""
     cdef int i, j, k, p
-    cdef double big = 0, piv, f, t
+    cdef double big = 0, piv, f, t, amax
+    cdef double *ak
+    cdef double *ai
     for i in range(n * n):
         if fabs(a[i]) > big:
             big = fabs(a[i])
@@ -697,31 +724,41 @@ cdef int _solve_small(int n, double *a, const double *rhs, double *x,
         return 1
     for k in range(n):
         p = k
+        amax = fabs(a[k * n + k])
         for i in range(k + 1, n):
-            if fabs(a[i * n + k]) > fabs(a[p * n + k]):
+            t = fabs(a[i * n + k])
+            if t > amax:
+                amax = t
                 p = i
+        ak = a + k * n
         if p != k:
-            for j in range(n):
-                t = a[k * n + j]
-                a[k * n + j] = a[p * n + j]
-                a[p * n + j] = t
+            # (columns left of k are eliminated and never read again)
+            ai = a + p * n
+            for j in range(k, n):
+                t = ak[j]
+                ak[j] = ai[j]
+                ai[j] = t
             t = x[k]
             x[k] = x[p]
             x[p] = t
-        piv = a[k * n + k]
+        piv = ak[k]
         if fabs(piv) < tiny_rel * big:
             piv = tiny_rel * big if piv >= 0 else -tiny_rel * big
-            a[k * n + k] = piv
+        # the diagonal keeps 1 / pivot for the back substitution
+        piv = 1.0 / piv
+        ak[k] = piv
         for i in range(k + 1, n):
-            f = a[i * n + k] / piv
+            ai = a + i * n
+            f = ai[k] * piv
             for j in range(k + 1, n):
-                a[i * n + j] = a[i * n + j] - f * a[k * n + j]
+                ai[j] = ai[j] - f * ak[j]
             x[i] = x[i] - f * x[k]
     for k in range(n - 1, -1, -1):
+        ak = a + k * n
         t = x[k]
         for j in range(k + 1, n):
-            t = t - a[k * n + j] * x[j]
-        x[k] = t / a[k * n + k]
+            t = t - ak[j] * x[j]
+        x[k] = t * ak[k]
     return 0
 
 
@@ -740,10 +777,11 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
     cdef char nn = b'N'
     cdef char tt = b'T'
     cdef double one = 1.0, zero = 0.0
-    cdef double scale, eps_c, lam, h, hp, x, nrm, nrm0, tol
+    cdef double scale, eps_c, lam, h, hp, x, nrm, nrm0, tol, hd, e
     cdef double *cv
-    cdef double *U = work                   # d x r: U0 rotated to orthogonal columns
-    cdef double *V = U + d * r              # d x r: eigenvectors
+    cdef const double *U = U0               # U0 with orthogonal columns
+    cdef double *Uw = work                  # d x r: U0 rotated to orthogonal columns
+    cdef double *V = Uw + d * r              # d x r: eigenvectors
     cdef double *g = V + d * r              # d
     cdef double *y = g + d                  # d
     cdef double *F = y + d                  # r x r
@@ -756,18 +794,44 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
     cdef double *hi = lo + r                # r
     cdef double *P = hi + r                 # d x r(r+1)/2: U's row products
     cdef double *Fp = P + d * (r * (r + 1) // 2)  # r(r+1)/2
+    cdef double *Gp = Fp + r * (r + 1) // 2  # r(r+1)/2
+    cdef int nq = r * (r + 1) // 2
     m_out[0] = 0
     # Gram matrix and rotation to orthogonal columns (norms^2 = s2, descending)
+    # (from U0's packed column products: Gram = P^T 1)
+    _pack_outer(d, r, U0, P)
+    for i in range(d):
+        y[i] = 1.0
+    dgemv(&tt, &d, &nq, &one, P, &d, y, &inc, &zero, Fp, &inc)
+    i = 0
     for j in range(r):
         for k in range(j, r):
-            x = _dot4(d, U0 + j * d, U0 + k * d)
-            F[j * r + k] = x
-            F[k * r + j] = x
-    if _jacobi_desc(r, F, R, s2) != 0:
-        return 1
-    # U = U0 R (both column-major)
-    dgemm(&nn, &nn, &d, &r, &r, &one, <double *> U0, &d, R, &r, &zero, U, &d)
-    _pack_outer(d, r, U, P)
+            F[j * r + k] = Fp[i]
+            F[k * r + j] = Fp[i]
+            i += 1
+    # U0's columns are orthogonal and in descending order whenever it comes
+    # from the previous eigenbasis round (its Ritz vectors) or from a dense
+    # eigendecomposition: then U = U0, with no rotation to compute
+    got = 1
+    for j in range(r):
+        if j + 1 < r and F[(j + 1) * r + j + 1] > F[j * r + j]:
+            got = 0
+        for k in range(j + 1, r):
+            if not fabs(F[j * r + k]) <= 1e-13 * sqrt(F[j * r + j] * F[k * r + k]):
+                got = 0
+    if got:
+        for j in range(r):
+            s2[j] = F[j * r + j]
+        U = U0
+    else:
+        if _jacobi_desc(r, F, R, s2) != 0:
+            return 1
+        # U = U0 R (both column-major)
+        dgemm(&nn, &nn, &d, &r, &r, &one, <double *> U0, &d, R, &r, &zero, Uw, &d)
+        U = Uw
+        _pack_outer(d, r, U, P)
+    # Gp = P^T om: the packed U^T diag(om) U
+    dgemv(&tt, &d, &nq, &one, P, &d, <double *> om, &inc, &zero, Gp, &inc)
     scale = s2[0] if s2[0] > beta * om_max else beta * om_max
     if not scale > 0:
         return 0  # U0 = 0: nothing positive
@@ -799,18 +863,39 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
         # from c = e_j (U's columns are the eigenvectors when beta = 0).
         cv = C + j * r
         for k in range(r):
-            cv[k] = 1.0 if k == j else 0.0
-        x = 0
-        for i in range(d):
-            x = x + om[i] * U[j * d + i] * U[j * d + i]
-        lam = s2[j] - beta * x / s2[j] if s2[j] > 0 else lo[j]
+            cv[k] = 0.0
+        if s2[j] > 0:
+            # start from first-order perturbation theory in U's span,
+            # H = diag(s2) - beta G with G_jk = u_j^T diag(om) u_k / (|u_j| |u_k|)
+            # (u_j: U's orthogonal columns): v ~ sum_k chat_k u_k / |u_k|, so
+            # c = U^T v has c_k = chat_k |u_k|; lam to second order
+            hd = s2[j] - beta * Gp[_pq(r, j, j)] / s2[j]
+            lam = hd
+            cv[j] = sqrt(s2[j])
+            for k in range(r):
+                if k == j or not s2[k] > 0:
+                    continue
+                e = -beta * Gp[_pq(r, j, k) if j < k else _pq(r, k, j)] / sqrt(s2[j] * s2[k])
+                h = hd - (s2[k] - beta * Gp[_pq(r, k, k)] / s2[k])
+                if fabs(e) <= 0.3 * fabs(h):
+                    cv[k] = e / h * sqrt(s2[k])
+                    lam = lam + e * e / h
+            nrm = 0
+            for k in range(r):
+                nrm = nrm + cv[k] * cv[k]
+            nrm = sqrt(nrm)
+            for k in range(r):
+                cv[k] = cv[k] / nrm
+        else:
+            cv[j] = 1.0
+            lam = lo[j]
         if not lam >= lo[j]:
             lam = lo[j]
         if not lam <= hi[j]:
             lam = hi[j]
         for it in range(30):
-            dgemv(&nn, &d, &r, &one, U, &d, cv, &inc, &zero, y, &inc)  # y = U c
-            lam = _secular_root(d, y, om, beta, lam, eps_c)
+            dgemv(&nn, &d, &r, &one, <double *> U, &d, cv, &inc, &zero, y, &inc)  # y = U c
+            lam = _secular_root(d, y, om, beta, lam, eps_c, g)
             if not lam > 0:
                 return 5  # c sees no positive eigenvalue
             _form_F(d, r, P, om, beta, lam, g, Fp, F)
@@ -839,8 +924,8 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
         else:
             return 2
         # the final vector's Rayleigh functional and eigenvector K^{-1} U c
-        dgemv(&nn, &d, &r, &one, U, &d, cv, &inc, &zero, y, &inc)
-        lam = _secular_root(d, y, om, beta, lam, eps_c)
+        dgemv(&nn, &d, &r, &one, <double *> U, &d, cv, &inc, &zero, y, &inc)
+        lam = _secular_root(d, y, om, beta, lam, eps_c, g)
         if not (lam > 0 and lam >= lo[j] * (1 - 1e-12) and lam <= hi[j] * (1 + 1e-12)):
             return 7  # outside Weyl's bracket of root j: another root
         for i in range(d):
@@ -867,16 +952,18 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
         for i in range(d):
             V[j * d + i] = V[j * d + i] / nrm
     # Rayleigh-Ritz: H = (V^T U)(V^T U)^T - beta V^T diag(om) V  (m x m)
-    dgemm(&tt, &nn, &m, &r, &d, &one, V, &d, U, &d, &zero, R, &m)  # R = V^T U
+    dgemm(&tt, &nn, &m, &r, &d, &one, V, &d, <double *> U, &d, &zero, R, &m)  # R = V^T U
+    # tmp = V^T diag(om) V, with diag(om) V in Unew (free until the end)
+    for j in range(m):
+        for i in range(d):
+            Unew[j * d + i] = om[i] * V[j * d + i]
+    dgemm(&tt, &nn, &m, &m, &d, &one, V, &d, Unew, &d, &zero, tmp, &m)
     for j in range(m):
         for k in range(j, m):
             x = 0
             for i in range(r):
                 x = x + R[i * m + j] * R[i * m + k]
-            h = 0
-            for i in range(d):
-                h = h + om[i] * V[j * d + i] * V[k * d + i]
-            F[j * m + k] = x - beta * h
+            F[j * m + k] = x - beta * tmp[k * m + j]
             F[k * m + j] = F[j * m + k]
     if _jacobi_desc(m, F, C, mu) != 0:
         return 1
@@ -886,8 +973,8 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
     for j in range(m):
         dgemv(&nn, &d, &m, &one, V, &d, C + j * m, &inc, &zero, y, &inc)  # y = V c_j
         # residual: U (U^T y) - beta om y - theta y
-        dgemv(&tt, &d, &r, &one, U, &d, y, &inc, &zero, tmp, &inc)
-        dgemv(&nn, &d, &r, &one, U, &d, tmp, &inc, &zero, g, &inc)
+        dgemv(&tt, &d, &r, &one, <double *> U, &d, y, &inc, &zero, tmp, &inc)
+        dgemv(&nn, &d, &r, &one, <double *> U, &d, tmp, &inc, &zero, g, &inc)
         nrm = 0
         for i in range(d):
             x = g[i] - beta * om[i] * y[i] - mu[j] * y[i]
@@ -904,7 +991,43 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
 
 
 cdef inline Py_ssize_t _basis_work(int d, int r) noexcept nogil:
-    return 2 * d * r + 2 * d + 4 * r * r + 4 * r + (d + 1) * (r * (r + 1) // 2) + 8
+    return 2 * d * r + 2 * d + 4 * r * r + 4 * r + (d + 2) * (r * (r + 1) // 2) + 8
+
+
+def basis_positive_part(const double[:, ::1] U0, const double[::1] omega, double beta):
+    """The PSD part of ``U0 U0^T - beta diag(omega)`` as a factor (test shim).
+
+    The eigenbasis round of :func:`gaip_projections` on its own: returns
+    ``(info, Unew)`` with ``Unew Unew^T`` the PSD part (``Unew``: d x m, m at
+    most r) when ``info`` is 0; nonzero ``info`` means the round would fall
+    back to the dense path.  ``U0``: d x r (its columns need not be orthogonal).
+    """
+    cdef int d = <int> U0.shape[0], r = <int> U0.shape[1], m = 0, info, i, j
+    cdef double om_min, om_max
+    if omega.shape[0] != d or d == 0 or r == 0:
+        raise ValueError("basis_positive_part: need U0 (d, r) and omega (d,), d, r >= 1")
+    cdef double *buf = <double *> malloc((_basis_work(d, r) + 2 * d * r) * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    cdef double *u0 = buf + _basis_work(d, r)
+    cdef double *un = u0 + d * r
+    om_min = omega[0]
+    om_max = omega[0]
+    for i in range(d):
+        om_min = min(om_min, omega[i])
+        om_max = max(om_max, omega[i])
+        for j in range(r):
+            u0[j * d + i] = U0[i, j]
+    with nogil:
+        info = _basis_positive_part(d, r, u0, &omega[0], beta, om_min, om_max,
+                                    un, &m, buf)
+    out = np.empty((d, m if info == 0 else 0))
+    if info == 0:
+        for i in range(d):
+            for j in range(m):
+                out[i, j] = un[j * d + i]
+    free(buf)
+    return info, out
 
 
 cdef void _factor_to_dense(int n, int r, const double *Q, const double *Ub,
