@@ -31,6 +31,8 @@ from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, dsyrk
 
 cdef Py_ssize_t BLOCK = 256
+# Up to this many features the squared distances skip BLAS (see _block_sq_dists).
+cdef int SMALL_D = 8
 # A reduction's blocks are split into at most this many chunks (at least 4,
 # when there are that many blocks) ...
 cdef Py_ssize_t MAX_CHUNKS = 16
@@ -117,6 +119,46 @@ cdef inline void _block_sq_dists(double *diff, double *tmp, const double *A,
         out[p] = acc if acc > 0 else 0
 
 
+cdef inline void _block_sq_dists_small(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                                       const Py_ssize_t[::1] j, Py_ssize_t start,
+                                       Py_ssize_t stop, double *D, const double *A,
+                                       double *out) noexcept nogil:
+    """Squared distances of pairs [start, stop) for few features (d <= SMALL_D).
+
+    With k = d this small a gemm runs far below its peak, and a per-pair
+    quadratic form is a chain of dependent additions; instead the block's
+    differences are gathered feature by feature (``D``: d x nb) and
+    ``out = sum_k A_kk D_k^2 + 2 sum_{k<l} A_kl D_k D_l`` runs along the pairs.
+    """
+    cdef Py_ssize_t d = X.shape[1]
+    cdef Py_ssize_t nb = stop - start
+    cdef Py_ssize_t p, k, l, a, b
+    cdef double akl, acc
+    cdef double *dk
+    cdef double *dl
+    for p in range(nb):
+        a = i[start + p]
+        b = j[start + p]
+        for k in range(d):
+            D[k * nb + p] = <double> X[a, k] - <double> X[b, k]
+    for p in range(nb):
+        out[p] = 0
+    for k in range(d):
+        dk = D + k * nb
+        akl = A[k * d + k]
+        for p in range(nb):
+            out[p] = out[p] + akl * dk[p] * dk[p]
+        for l in range(k + 1, d):
+            dl = D + l * nb
+            akl = 2.0 * A[k * d + l]
+            for p in range(nb):
+                out[p] = out[p] + akl * dk[p] * dl[p]
+    for p in range(nb):
+        # A is PSD, so a negative value is rounding: clamp it to zero.
+        acc = out[p]
+        out[p] = acc if acc > 0 else 0
+
+
 cdef inline void _symmetrize_sum(double *acc, Py_ssize_t n_acc, int d,
                                  double[:, ::1] out) noexcept nogil:
     """out = sum of the n_acc column-major upper triangles in acc, made symmetric."""
@@ -163,8 +205,12 @@ def pair_sq_dists(const floating[:, ::1] X, const Py_ssize_t[::1] i,
             stop = start + BLOCK
             if stop > n_pairs:
                 stop = n_pairs
-            _gather(X, i, j, start, stop, diff)
-            _block_sq_dists(diff, tmp, &A[0, 0], <int> (stop - start), d, &out[start])
+            if d <= SMALL_D:
+                _block_sq_dists_small(X, i, j, start, stop, diff, &A[0, 0], &out[start])
+            else:
+                _gather(X, i, j, start, stop, diff)
+                _block_sq_dists(diff, tmp, &A[0, 0], <int> (stop - start), d,
+                                &out[start])
         free(diff)
 
 

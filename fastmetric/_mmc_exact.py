@@ -25,7 +25,7 @@ from ._mmc_common import (
     factor_dist_sum_and_grad,
     s_matrix,
 )
-from ._threads import kernel_threads, threads_for
+from ._threads import kernel_threads, threads_for, threads_for_small
 from ._validation import PairData
 
 
@@ -1155,6 +1155,7 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
         one when ``shrinkage > 0``).
     """
     d = similar.n_features
+    n_threads = threads_for_small(n_threads, similar.n_pairs + dissimilar.n_pairs, d)
     M_S = s_matrix(similar, n_threads)
     t_bound = float(np.sum(A0 * M_S)) / 100.0
     if not t_bound > 0:

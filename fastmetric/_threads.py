@@ -108,6 +108,36 @@ def threads_for(n_threads, flops, flops_per_thread=None):
     return int(max(1, min(n_threads, flops // max(per_thread, 1.0))))
 
 
+# A fit or a lone pass with fewer than this many pairs x d^2 runs on one
+# thread: its few passes of tens of microseconds each cannot repay waking a
+# second thread, which after the machine has idled costs about 1 ms a
+# parallel region, and now and then 10 ms on these VMs (measured: exact MMC,
+# d=5 with 1e4 pairs and a 0.25 s pause before each fit, 10 fits of 3.1-3.7
+# ms on one thread against 3.4-13.9 ms on two; d=8 with 1e4 pairs 4.4
+# against 5.3 ms, best of 8).
+_SMALL_WORK = 1e6
+
+
+def threads_for_small(n_threads, n_pairs, n_features):
+    """``n_threads``, or 1 for work too small to wake a second thread for.
+
+    Parameters
+    ----------
+    n_threads : int
+        The resolved ``n_jobs``.
+    n_pairs, n_features : int
+        Size of the fit or pass: ``n_pairs * n_features**2`` below
+        ``_SMALL_WORK`` runs on one thread.
+
+    Returns
+    -------
+    int
+    """
+    if float(n_pairs) * n_features * n_features < _SMALL_WORK:
+        return 1
+    return n_threads
+
+
 @contextmanager
 def kernel_threads(num_threads=1):
     """Context in which the compiled kernels run: BLAS limited to one thread.

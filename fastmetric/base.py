@@ -21,6 +21,7 @@ from ._mmc_common import (
     pair_sq_distances,
 )
 from ._numba.mmc import best_accuracy_cut
+from ._threads import threads_for_small
 from ._validation import (
     check_finite,
     check_indices,
@@ -110,7 +111,7 @@ class MahalanobisMixin(BaseEstimator):
     def _distances(self, data):
         """:meth:`pair_distance` of validated pairs (PairData)."""
         A = self.get_mahalanobis_matrix()
-        n_threads = self._n_threads()
+        n_threads = threads_for_small(self._n_threads(), data.n_pairs, data.n_features)
         # Learned metrics are often diagonal or of low rank: n d or 2 n d r
         # flops per call instead of 2 n d^2.
         if not np.any(A - np.diag(np.diagonal(A))):
@@ -122,7 +123,9 @@ class MahalanobisMixin(BaseEstimator):
         L = np.asarray(self.components_)
         lam = np.einsum("ij,ij->i", L, L)
         rows = np.flatnonzero(lam > L.shape[1] * np.finfo(float).eps * lam.max())
-        if L.shape[1] == A.shape[0] and 2 * rows.size <= A.shape[0]:
+        # (up to 8 features the plain quadratic form runs along the pairs at
+        # about 15 ns a pair, well below the factor pass's per-pair cost)
+        if L.shape[1] == A.shape[0] and 2 * rows.size <= A.shape[0] and A.shape[0] > 8:
             dists = np.empty(data.n_pairs)
             factor_dist_sum_and_grad(data, L[rows].T, dists, n_threads, grad=False)
             return dists
