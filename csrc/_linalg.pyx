@@ -877,7 +877,7 @@ cdef int _basis_positive_part(int d, int r, const double *U0, const double *om,
                     continue
                 e = -beta * Gp[_pq(r, j, k) if j < k else _pq(r, k, j)] / sqrt(s2[j] * s2[k])
                 h = hd - (s2[k] - beta * Gp[_pq(r, k, k)] / s2[k])
-                if fabs(e) <= 0.3 * fabs(h):
+                if e != 0 and fabs(e) <= 0.3 * fabs(h):
                     cv[k] = e / h * sqrt(s2[k])
                     lam = lam + e * e / h
             nrm = 0

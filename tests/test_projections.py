@@ -232,3 +232,18 @@ def test_basis_round_rejects_bad_shapes():
 
     with pytest.raises(ValueError, match="omega"):
         basis_positive_part(np.ones((4, 2)), np.ones(3), 0.1)
+
+
+def test_basis_round_with_tied_uncoupled_columns():
+    # equal column norms that W does not couple (disjoint supports, constant
+    # omega): the perturbation start's terms are 0 / 0 there and must be
+    # skipped, not turned into NaN (which refuses the round)
+    from fastmetric._linalg import basis_positive_part
+
+    U0 = np.zeros((10, 3))
+    U0[[0, 4, 7], [0, 1, 2]] = 1.5
+    beta = 0.2
+    info, Unew = basis_positive_part(U0, np.ones(10), beta)
+    assert info == 0
+    np.testing.assert_allclose(Unew @ Unew.T, U0 @ U0.T * (2.25 - beta) / 2.25,
+                               rtol=0, atol=1e-13)
