@@ -727,6 +727,111 @@ def pair_project(const floating[:, ::1] X, const Py_ssize_t[::1] i,
 # thread count, so its sums are too).
 cdef Py_ssize_t POINT_CHUNKS = 4
 
+cdef void _centre_and_map(const floating[:, ::1] X, const double[:, ::1] K,
+                          Py_ssize_t n_chunks, int nt, double *msum, double *m,
+                          double *C, double *T, double *tnorm) noexcept nogil:
+    """The points routes' first steps: ``m`` = the points' mean, ``C = X - m``,
+    ``T = C K`` (n x r, row-major) and T's squared row norms, in ``n_chunks``
+    fixed runs of rows (so the same for any thread count).  ``msum`` holds
+    n_chunks x d doubles of scratch.
+    """
+    cdef int n = <int> X.shape[0]
+    cdef int d = <int> X.shape[1]
+    cdef int r = <int> K.shape[1]
+    cdef Py_ssize_t c, q, k, r0, r1
+    cdef int rows
+    cdef double s
+    cdef char tn = b'N'
+    cdef double one = 1.0, zero = 0.0
+    # The mean: per-run sums in parallel, added in run order.
+    for c in prange(n_chunks, num_threads=nt, schedule='static'):
+        for k in range(d):
+            msum[c * d + k] = 0.0
+        for q in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            for k in range(d):
+                msum[c * d + k] = msum[c * d + k] + <double> X[q, k]
+    for k in range(d):
+        s = 0.0
+        for c in range(n_chunks):
+            s = s + msum[c * d + k]
+        m[k] = s / n if n > 0 else 0.0
+    # Centre, T = C K and T's row norms, run by run.
+    for c in prange(n_chunks, num_threads=nt, schedule='static'):
+        r0 = c * n // n_chunks
+        r1 = (c + 1) * n // n_chunks
+        rows = <int> (r1 - r0)
+        for q in range(r0, r1):
+            for k in range(d):
+                C[q * d + k] = <double> X[q, k] - m[k]
+        if rows > 0:
+            # column-major T_c^T (r x rows) = K^T (r x d) C_c^T (d x rows)
+            dgemm(&tn, &tn, &r, &rows, &d, &one, <double *> &K[0, 0], &r,
+                  C + r0 * d, &d, &zero, T + r0 * r, &r)
+        for q in range(r0, r1):
+            s = 0.0
+            for k in range(r):
+                s = s + T[q * r + k] * T[q * r + k]
+            tnorm[q] = s
+
+
+def points_project(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                   const Py_ssize_t[::1] j, const double[:, ::1] W,
+                   double[:, ::1] out, int num_threads=1):
+    """:func:`pair_project` through the points: ``out[p] = T[i[p]] - T[j[p]]``.
+
+    ``T = (X - m) W`` costs 2 n d k flops for the n points (m their mean,
+    which keeps the rounding relative to the data's spread, not its offset)
+    and each pair then k subtractions, against 2 d k flops and a d-wide
+    gather per pair by the pairs.  A projected difference below 1e-5 of its
+    points' norms in T would carry a large relative error, so it is
+    recomputed from the exact difference; identical points give exactly 0.
+    Each row of ``out`` depends on its pair alone, so the result is the same
+    for any number of threads.  Memory: n x (d + k + 1) doubles.
+
+    Parameters
+    ----------
+    X, i, j, W, out, num_threads
+        As :func:`pair_project`.
+    """
+    cdef Py_ssize_t n_pairs = i.shape[0]
+    cdef int n = <int> X.shape[0]
+    cdef int d = <int> X.shape[1]
+    cdef int k = <int> W.shape[1]
+    if W.shape[0] != d or out.shape[1] != k or out.shape[0] < n_pairs:
+        raise ValueError("points_project: need W (d, k) and out (>= n_pairs, k)")
+    if n_pairs == 0 or k == 0:
+        return
+    cdef Py_ssize_t n_chunks = POINT_CHUNKS if n >= POINT_CHUNKS else 1
+    cdef int nt = num_threads if num_threads > 0 else 1
+    cdef Py_ssize_t p, a, b, t, q
+    cdef double s, u
+    cdef double *C = <double *> malloc((<Py_ssize_t> n * (d + k + 1)
+                                        + n_chunks * d + d) * sizeof(double))
+    if C == NULL:
+        raise MemoryError()
+    cdef double *T = C + <Py_ssize_t> n * d
+    cdef double *tnorm = T + <Py_ssize_t> n * k
+    cdef double *msum = tnorm + n
+    cdef double *m = msum + n_chunks * d
+    with nogil:
+        _centre_and_map(X, W, n_chunks, nt, msum, m, C, T, tnorm)
+        for p in prange(n_pairs, num_threads=nt, schedule='static'):
+            a = i[p]
+            b = j[p]
+            s = 0.0
+            for t in range(k):
+                u = T[a * k + t] - T[b * k + t]
+                out[p, t] = u
+                s = s + u * u
+            if s <= 1e-10 * (tnorm[a] + tnorm[b]):
+                for t in range(k):
+                    u = 0.0
+                    for q in range(d):
+                        u = u + (<double> X[a, q] - <double> X[b, q]) * W[q, t]
+                    out[p, t] = u
+    free(C)
+
+
 
 def sqrt_dist_sum_grad_points(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                               const Py_ssize_t[::1] j, const double[:, ::1] K,
@@ -809,35 +914,7 @@ def sqrt_dist_sum_grad_points(const floating[:, ::1] X, const Py_ssize_t[::1] i,
         Y = m + d + (0 if keep else n_pairs)
         acc = Y + <Py_ssize_t> n * d
     with nogil:
-        # The mean: per-run sums in parallel, added in run order.
-        for c in prange(n_chunks, num_threads=nt, schedule='static'):
-            for k in range(d):
-                msum[c * d + k] = 0.0
-            for q in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-                for k in range(d):
-                    msum[c * d + k] = msum[c * d + k] + <double> X[q, k]
-        for k in range(d):
-            s = 0.0
-            for c in range(n_chunks):
-                s = s + msum[c * d + k]
-            m[k] = s / n if n > 0 else 0.0
-        # Centre, T = C K and T's row norms, run by run.
-        for c in prange(n_chunks, num_threads=nt, schedule='static'):
-            r0 = c * n // n_chunks
-            r1 = (c + 1) * n // n_chunks
-            rows = <int> (r1 - r0)
-            for q in range(r0, r1):
-                for k in range(d):
-                    C[q * d + k] = <double> X[q, k] - m[k]
-            if rows > 0:
-                # column-major T_c^T (r x rows) = K^T (r x d) C_c^T (d x rows)
-                dgemm(&tn, &tn, &r, &rows, &d, &one, <double *> &K[0, 0], &r,
-                      C + r0 * d, &d, &zero, T + r0 * r, &r)
-            for q in range(r0, r1):
-                s = 0.0
-                for k in range(r):
-                    s = s + T[q * r + k] * T[q * r + k]
-                tnorm[q] = s
+        _centre_and_map(X, K, n_chunks, nt, msum, m, C, T, tnorm)
         # Every pair's distance and weight (pairs are independent).
         for p in prange(n_pairs, num_threads=nt, schedule='static'):
             a = i[p]

@@ -144,6 +144,32 @@ def _points_flops(pairs, r, grad):
     return n * per_point + pairs.n_pairs * per_pair
 
 
+def pair_projection(pairs, W, rows=None, n_threads=1):
+    """``(X[i] - X[j]) @ W`` for every pair, into a new (rows, k) float64 array.
+
+    Rows beyond ``n_pairs`` (``rows`` defaults to ``n_pairs``) are zero.  By
+    the pairs (a d-wide gather and 2 d k flops each) or, when that costs
+    less, through the points (``T = (X - m) W`` once, then k subtractions a
+    pair: :func:`fastmetric._pairs.points_project`).  The cost model below is
+    measured on two cores (d=50, k=11, 2000 points and 5000 pairs: 417 ->
+    280 us on two threads; with 500 pairs the pairs route stays, 51 against
+    226 us).
+    """
+    n, d = pairs.X.shape
+    k = W.shape[1]
+    out = np.zeros((pairs.n_pairs if rows is None else rows, k))
+    by_pairs = pairs.n_pairs * d * (k + 2.0)
+    by_points = n * d * (k + 4.0) + pairs.n_pairs * (4.0 * k + 40.0)
+    kernel = _pairs.pair_project
+    if by_points < by_pairs and n * (d + k + 1.0) <= _POINTS_MAX_DOUBLES:
+        kernel = _pairs.points_project
+    nt = threads_for(n_threads, 2.0 * min(by_pairs, by_points))
+    with kernel_threads(nt):
+        kernel(pairs.X, pairs.i, pairs.j, np.ascontiguousarray(W, dtype=np.float64),
+               out, nt)
+    return out
+
+
 def pair_sq_distances(pairs, A, n_threads=1):
     """Squared Mahalanobis distance of every pair (float64)."""
     out = np.empty(pairs.n_pairs)

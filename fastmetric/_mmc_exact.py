@@ -23,6 +23,7 @@ from ._mmc_common import (
     _warn_not_converged,
     diag_sq_distances,
     factor_dist_sum_and_grad,
+    pair_projection,
     s_matrix,
 )
 from ._threads import kernel_threads, threads_for, threads_for_small
@@ -147,12 +148,7 @@ class _Whitened:
 
     def _projected(self, pairs, W, rows):
         """``(X[i] - X[j]) @ W`` of ``pairs`` into a new (rows, k) array."""
-        out = np.zeros((rows, W.shape[1]))
-        flops = 2.0 * pairs.n_pairs * pairs.n_features * W.shape[1]
-        nt = threads_for(self.n_threads, flops)
-        with kernel_threads(nt):
-            _pairs.pair_project(pairs.X, pairs.i, pairs.j, W, out, nt)
-        return out
+        return pair_projection(pairs, W, rows, self.n_threads)
 
     def project(self, Q):
         """``[Z Q; 0]``: the differences in the basis Q (dim x k), with a zero row.

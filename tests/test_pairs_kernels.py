@@ -629,3 +629,59 @@ def test_pair_project(n_pairs, d, dtype, num_threads):
     assert np.isnan(out[n_pairs]).all()  # rows beyond the pairs untouched
     with pytest.raises(ValueError, match="pair_project"):
         _pairs.pair_project(X, i, j, W[:, :2].copy(), out, num_threads)
+
+
+@grid
+@dims
+@dtypes
+@threads
+def test_points_project(n_pairs, d, dtype, num_threads):
+    # an offset far above the spread: the points route centres first, so its
+    # rounding follows the spread (X - mean), not the offset
+    X, i, j, _ = _case(n_pairs, d, dtype)
+    X = (X + dtype(100.0)).astype(dtype)
+    # a near-identical pair, whose difference T cannot resolve: recomputed
+    near = min(n_pairs, 2)
+    X[1] = X[0]
+    X[1, 0] = np.nextafter(X[0, 0], dtype(np.inf))
+    i[:near], j[:near] = 0, 1
+    W = np.random.default_rng(6).normal(size=(d, 3))
+    out = np.full((n_pairs + 1, 3), np.nan)
+    _pairs.points_project(X, i, j, W, out, num_threads)
+    D = _diffs(X, i, j)
+    C = X.astype(np.float64) - X.astype(np.float64).mean(axis=0)
+    scale = (np.abs(C[i]) + np.abs(C[j])) @ np.abs(W)
+    _assert_close(out[:n_pairs], D @ W, scale, np.float64, factor=8.0 * d)
+    _assert_close(out[:near], D[:near] @ W, np.abs(D[:near]) @ np.abs(W),
+                  np.float64, factor=2.0 * d)
+    assert np.all(out[:n_pairs][i == j] == 0)  # identical points: exactly 0
+    assert np.isnan(out[n_pairs]).all()  # rows beyond the pairs untouched
+    if num_threads == 2:  # each row depends on its pair alone
+        other = np.empty((n_pairs, 3))
+        _pairs.points_project(X, i, j, W, other, 1)
+        assert np.array_equal(other, out[:n_pairs])
+    with pytest.raises(ValueError, match="points_project"):
+        _pairs.points_project(X, i, j, W[:, :2].copy(), out, num_threads)
+
+
+@pytest.mark.parametrize("n_points, n_pairs, route", [
+    (200, 3000, "points_project"),  # more pairs than points: through the points
+    (3000, 200, "pair_project"),    # the other way round: by the pairs
+])
+def test_pair_projection_routes(monkeypatch, n_points, n_pairs, route):
+    from fastmetric._mmc_common import pair_projection
+    from fastmetric._validation import PairData
+
+    X, i, j, _ = _case(n_pairs, 30, np.float64, n_points=n_points)
+    W = np.random.default_rng(7).normal(size=(30, 5))
+    used = []
+    for name in ("pair_project", "points_project"):
+        kernel = getattr(_pairs, name)
+        monkeypatch.setattr(_pairs, name, lambda *a, _k=kernel, _n=name: (
+            used.append(_n), _k(*a))[1])
+    out = pair_projection(PairData(X, i, j), W, n_pairs + 2, n_threads=2)
+    assert used == [route]
+    D = _diffs(X, i, j)
+    assert out.shape == (n_pairs + 2, 5)
+    np.testing.assert_allclose(out[:n_pairs], D @ W, rtol=0, atol=1e-12)
+    assert not out[n_pairs:].any()
