@@ -249,6 +249,13 @@ def _eigh_top(M, k, vectors=True):
     return w, (V if vectors else None)
 
 
+def _certified_below(M, mu):
+    """True only if every eigenvalue of the symmetric M is at most ``mu``
+    (:func:`fastmetric._linalg.certified_below`)."""
+    return _linalg.certified_below(np.ascontiguousarray(M, dtype=np.float64),
+                                   float(mu))
+
+
 def _lambda_max(M):
     """Largest eigenvalue of a symmetric matrix (one eigenvalue, no vectors)."""
     return float(_eigh_top(M, 1, vectors=False)[0][0])

@@ -15,6 +15,7 @@ from ._linalg import spg_spectraplex
 from ._mmc_common import (
     TOLERANCE_FLOOR,
     MMCResult,
+    _certified_below,
     _eigh,
     _eigh_top,
     _lambda_max,
@@ -246,6 +247,16 @@ class _Whitened:
             return np.inf
         return max(_lambda_max(G) - 0.5 * f, 0.0) / max(f, np.finfo(float).tiny)
 
+    def gap_at_most(self, f, G, target):
+        """Whether :meth:`fw_gap` is certified to be at most ``target``.
+
+        ``lambda_max(G) <= (1/2 + target) f`` shown by one Cholesky
+        factorisation (:func:`_certified_below`), several times cheaper than
+        the eigenvalue; False also when that is not shown.
+        """
+        return (f > 0 and not self.collapsed()
+                and _certified_below(G, (0.5 + target) * f))
+
     def fw_gap_bound(self, f, G, L, target):
         """``(gap, certified)``: the Frank-Wolfe gap, or a lower bound when that
         already exceeds ``2 target``.
@@ -270,6 +281,8 @@ class _Whitened:
             bound = max(w[-1] - 0.5 * f, 0.0) / max(f, np.finfo(float).tiny)
             if bound > 2.0 * target:
                 return bound, False
+        if self.gap_at_most(f, G, target):
+            return target, True  # certified: the gap is at most this
         return self.fw_gap(f, G), True
 
 
@@ -541,7 +554,7 @@ def _factor_newton(prob, B, f, r, dec_tol, budget, target=0.0):
     best_B, best_L, best_f = B, None, f
     while steps < budget:
         f_L, G_L = prob.value_grad_factor(L)
-        if steps > 0 and prob.fw_gap(f_L, G_L) <= target:
+        if steps > 0 and prob.gap_at_most(f_L, G_L, target):
             break
         f_L, grad, H = _factor_derivatives(prob, L, G_L)
         g = grad.reshape(-1, order="F")
@@ -1041,6 +1054,12 @@ def _maximise_subspace(prob, B, L, *, max_iter, target, report, compiled,
     Q = np.empty((d, 0))
     for rounds in range(_SUBSPACE_MAX_ROUNDS + 1):
         collapsed = prob.collapsed()
+        if rounds and prob.gap_at_most(f, G, target):
+            # certified without the eigenpairs (one Cholesky instead)
+            if verbose:
+                print(f"mmc exact round {rounds} (subspace of {Q.shape[1]}): sum_D "
+                      f"dist = {f:.12g}, relative gap <= {target:.3e}")
+            return B, L, f, G, target, n_iter, stop
         m = min(d, _SUBSPACE_START if rounds == 0 else _SUBSPACE_ADD)
         lam, U = _eigh_top(G, m)
         gap = np.inf if collapsed else max(lam[-1] - 0.5 * f, 0.0) / max(

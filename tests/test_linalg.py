@@ -231,3 +231,33 @@ def test_jacobi_eigh_matches_numpy(name, A):
     np.testing.assert_allclose(w, np.linalg.eigvalsh(A)[::-1], rtol=0, atol=tol)
     np.testing.assert_allclose(V.T @ V, np.eye(d), rtol=0, atol=1e-13)
     np.testing.assert_allclose((V * w) @ V.T, A, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("d", [1, 2, 7, 50])
+@pytest.mark.parametrize("kind", ["indefinite", "low_rank", "scaled"])
+def test_certified_below_is_sound_and_tight(d, kind):
+    rng = np.random.default_rng(d)
+    for trial in range(20):
+        if kind == "low_rank":  # MMC's gradients near the optimum: a few
+            K = rng.normal(size=(d, min(d, 3)))  # large eigenvalues, many tiny
+            M = K @ K.T
+        else:
+            M = rng.normal(size=(d, d))
+            M = M + M.T
+        if kind == "scaled":
+            M *= 10.0 ** rng.uniform(-150, 150)
+        lam = np.linalg.eigvalsh(M)[-1]
+        span = max(abs(lam), np.abs(M).max())
+        # never claims a bound below the top eigenvalue (soundness) ...
+        assert not _linalg.certified_below(M, lam - 1e-9 * span)
+        # ... and shows one a little above it (tightness)
+        assert _linalg.certified_below(M, lam + 1e-9 * span)
+
+
+def test_certified_below_rejects_non_finite_and_bad_shapes():
+    M = np.eye(3)
+    assert not _linalg.certified_below(M, np.nan)
+    M[0, 2] = np.inf
+    assert not _linalg.certified_below(M, 10.0)
+    with pytest.raises(ValueError, match="square"):
+        _linalg.certified_below(np.ones((2, 3)), 1.0)
