@@ -116,6 +116,14 @@ def threads_for(n_threads, flops, flops_per_thread=None):
 # ms on one thread against 3.4-13.9 ms on two; d=8 with 1e4 pairs 4.4
 # against 5.3 ms, best of 8).
 _SMALL_WORK = 1e6
+# ... and so does one with at most this many pairs x d: with many features
+# but few pairs a fit's time goes to d x d dense steps (eigenproblems,
+# subspace bases) that one thread runs anyway, between passes too short to
+# share (measured, 0.25 s pause before each fit, median of 8 on one against
+# two threads: d=50 with 1e3 pairs 10.1-10.7 against 11.4-11.5 ms, d=100
+# with 1e3 pairs 14.5-14.7 against 15.4-15.9 ms; d=20 with 1e3 pairs a tie;
+# d=20 and d=50 with 1e4 pairs, above the line, gain 8% from two).
+_SMALL_PAIR_FEATURES = 1e5
 
 
 def threads_for_small(n_threads, n_pairs, n_features):
@@ -127,13 +135,15 @@ def threads_for_small(n_threads, n_pairs, n_features):
         The resolved ``n_jobs``.
     n_pairs, n_features : int
         Size of the fit or pass: ``n_pairs * n_features**2`` below
-        ``_SMALL_WORK`` runs on one thread.
+        ``_SMALL_WORK``, or ``n_pairs * n_features`` at most
+        ``_SMALL_PAIR_FEATURES``, runs on one thread.
 
     Returns
     -------
     int
     """
-    if float(n_pairs) * n_features * n_features < _SMALL_WORK:
+    if (float(n_pairs) * n_features * n_features < _SMALL_WORK
+            or float(n_pairs) * n_features <= _SMALL_PAIR_FEATURES):
         return 1
     return n_threads
 

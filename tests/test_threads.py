@@ -57,6 +57,11 @@ def test_small_work_runs_on_one_thread():
     assert ft.threads_for_small(4, small, 5) == 1
     assert ft.threads_for_small(4, small + 2, 5) == 4
     assert ft.threads_for_small(1, 10**9, 100) == 1
+    # many features, few pairs: one thread up to pairs x d = _SMALL_PAIR_FEATURES
+    few = int(ft._SMALL_PAIR_FEATURES // 100)
+    assert ft._SMALL_WORK < few * 100**2
+    assert ft.threads_for_small(4, few, 100) == 1
+    assert ft.threads_for_small(4, few + 1, 100) == 4
 
 
 def test_small_exact_fit_uses_one_thread_and_a_large_one_more(monkeypatch):
