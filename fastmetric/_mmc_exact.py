@@ -8,7 +8,7 @@ control flow only.
 import warnings
 
 import numpy as np
-from scipy.linalg.lapack import dpotrf, dpotrs
+from scipy.linalg.lapack import dpotrf, dpotrs, dtrtri
 
 from . import _pairs
 from ._linalg import spg_spectraplex
@@ -32,13 +32,30 @@ from ._validation import PairData
 
 
 def _whitening(M):
-    """``(mu, V, P, P_inv)`` for the (shrunk) S-matrix ``M = V diag(mu) V^T``.
+    """``(P, P_inv, eig)`` for the (shrunk) S-matrix M: ``P^T M P = I``.
 
-    ``P = V mu^{-1/2}`` maps the whitened problem back (``A = P B P^T``) and
-    ``P_inv`` forward (``B = P_inv A P_inv^T``).  Eigenvalues below 1e-9 of
-    the largest (directions the similar pairs do not vary in) are floored
-    there, with a warning: the problem is unbounded along them.
+    ``P`` maps the whitened problem back (``A = P B P^T``) and ``P_inv``
+    forward (``B = P_inv A P_inv^T``).  For a well-conditioned M (the usual
+    case) from its Cholesky factor, ``M = C C^T``, ``P = C^{-T}``, for a
+    fraction of an eigendecomposition's cost (d=50: about 30 against 440
+    us); ``eig`` is then None.  Well-conditioned is certified on the way:
+    ``lambda_min(M) >= 1 / ||P||_F^2``, and that must exceed 1e-9 of
+    ``trace(M) >= lambda_max(M)``.  Otherwise ``M = V diag(mu) V^T``,
+    ``P = V mu^{-1/2}`` and ``eig = (mu, V)``, eigenvalues below 1e-9 of
+    the largest (directions the similar pairs do not vary in) floored there,
+    with a warning: the problem is unbounded along them.  Any P of the
+    first kind is the second times an orthogonal matrix, a rotation of the
+    whitened space that the problem does not see.
     """
+    M = np.asarray(M, dtype=np.float64)
+    C, info = dpotrf(M, lower=1, clean=1)
+    if info == 0:
+        Cinv, info = dtrtri(C, lower=1)
+        if info == 0 and np.all(np.isfinite(Cinv)):
+            trace = float(np.trace(M))
+            inv_trace = max(float(np.sum(Cinv * Cinv)), _TINY)  # trace(M^-1)
+            if trace > 0 and 1.0 / inv_trace > 1e-9 * trace:
+                return np.ascontiguousarray(Cinv.T), np.ascontiguousarray(C.T), None
     mu, V = _eigh(M)
     top = max(mu.max(), 0.0)
     floor = top * 1e-12
@@ -57,7 +74,7 @@ def _whitening(M):
             stacklevel=5,
         )
         mu = np.maximum(mu, floor * 1e3)
-    return mu, V, V / np.sqrt(mu), (V * np.sqrt(mu)).T
+    return V / np.sqrt(mu), (V * np.sqrt(mu)).T, (mu, V)
 
 
 class _Whitened:
@@ -97,10 +114,9 @@ class _Whitened:
     @classmethod
     def from_matrix(cls, dissimilar, M, n_threads):
         """The whitened problem of the dissimilar pairs under S-matrix ``M``."""
-        mu, V, P, P_inv = _whitening(M)
+        P, P_inv, eig = _whitening(M)
         prob = cls(dissimilar, P, n_threads)
-        prob.eig_M = (mu, V)
-        prob.mu = mu
+        prob.eig_M = eig
         prob.P_inv = P_inv
         return prob
 
@@ -1184,23 +1200,34 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     target = min(max(1e-5 * tol, TOLERANCE_FLOOR), 1e-3)
     # metric-learn's scale puts sum_S ||x-y||_A^2 at t.  When the optimum lies
     # where the similar pairs do not vary that sum is 0, so the scale is taken
-    # with the S-matrix's eigenvalues floored as in the whitening.
-    mu_s, V_s = prob.eig_M if shrinkage == 0 else _eigh(M_S)
-    M_scale = (V_s * np.maximum(mu_s, mu_s.max() * 1e-9)) @ V_s.T
+    # with the S-matrix's eigenvalues floored as in the whitening (which
+    # leaves a well-conditioned plain S-matrix as it is).
+    eig = prob.eig_M if shrinkage == 0 else _eigh(M_S)
+    if eig is None:
+        M_scale = M_S
+    else:
+        mu_s, V_s = eig
+        M_scale = (V_s * np.maximum(mu_s, mu_s.max() * 1e-9)) @ V_s.T
 
     def scaled(B):
         A = prob.to_A(B)
         return A * (t_bound / max(float(np.sum(A * M_scale)), np.finfo(float).tiny))
 
-    if np.array_equal(A0, np.eye(d)):
+    if np.array_equal(A0, np.eye(d)) and prob.eig_M is not None:
         # The default init: B = P_inv P_inv^T = diag(mu), already on the
         # spectraplex once scaled to unit trace (no eigendecomposition).
-        lam = prob.mu / prob.mu.sum()
-        B, V = np.diag(lam), np.eye(d)
+        mu = prob.eig_M[0]
+        lam = mu / mu.sum()
+        L = np.diag(np.sqrt(lam))
+        B = np.diag(lam)
+    elif np.array_equal(A0, np.eye(d)):
+        # ... and with a Cholesky whitening B = C^T C, of factor C^T.
+        L = prob.P_inv / np.sqrt(max(float(np.sum(prob.P_inv**2)), _TINY))
+        B = _sym(L @ L.T)
     else:
         B = prob.to_B(A0)
         B, lam, V = _project_spectraplex(B / max(np.trace(B), np.finfo(float).tiny))
-    L = V * np.sqrt(lam)
+        L = V * np.sqrt(lam)
     history = []
 
     def report(phase, get_B, f, gap, n_iter):

@@ -237,7 +237,7 @@ def test_jacobi_eigh_matches_numpy(name, A):
 @pytest.mark.parametrize("kind", ["indefinite", "low_rank", "scaled"])
 def test_certified_below_is_sound_and_tight(d, kind):
     rng = np.random.default_rng(d)
-    for trial in range(20):
+    for _ in range(20):
         if kind == "low_rank":  # MMC's gradients near the optimum: a few
             K = rng.normal(size=(d, min(d, 3)))  # large eigenvalues, many tiny
             M = K @ K.T

@@ -304,3 +304,42 @@ def test_many_pairs_converge_despite_the_rounding_of_f(monkeypatch,
         warnings.simplefilter("error", ConvergenceWarning)
         model = MMC(preprocessor=X, max_iter=30).fit(idx, labels)
     assert model.converged_ and model.n_iter_ < 30
+
+
+def test_cholesky_whitening_is_a_whitening_and_certifies_its_conditioning():
+    rng = np.random.default_rng(3)
+    K = rng.normal(size=(30, 30))
+    M = K @ K.T + 0.1 * np.eye(30)
+    P, P_inv, eig = exact._whitening(M)
+    assert eig is None  # well conditioned: the Cholesky route
+    np.testing.assert_allclose(P.T @ M @ P, np.eye(30), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(P_inv @ P, np.eye(30), rtol=0, atol=1e-9)
+    # a condition number beyond 1e9 takes the eigendecomposition (and its
+    # flooring of the directions the similar pairs hardly vary in)
+    V = np.linalg.qr(K)[0]
+    mu = np.logspace(-11, 0, 30)
+    with pytest.warns(RuntimeWarning, match="do not span"):
+        P, P_inv, eig = exact._whitening((V * mu) @ V.T)
+    assert eig is not None and eig[0].min() >= 1e-9 * eig[0].max()
+
+
+@pytest.mark.parametrize("d,correlated", [(12, False), (45, False), (30, True)])
+def test_cholesky_and_eigen_whitening_give_the_same_fit(monkeypatch, d, correlated):
+    # the two whitenings differ by a rotation the problem does not see
+    X, pairs, labels = _problem(d, 1500, 4, correlated=correlated)
+    fast = MMC(preprocessor=X).fit(pairs, labels)
+    real = exact._whitening
+
+    def eigen_only(M):
+        P, P_inv, eig = real(M)
+        if eig is None:
+            mu, V = np.linalg.eigh(M)
+            return V / np.sqrt(mu), (V * np.sqrt(mu)).T, (mu, V)
+        return P, P_inv, eig
+
+    monkeypatch.setattr(exact, "_whitening", eigen_only)
+    slow = MMC(preprocessor=X).fit(pairs, labels)
+    assert fast.converged_ and slow.converged_
+    assert fast.objective_ == pytest.approx(slow.objective_, rel=1e-9)
+    np.testing.assert_allclose(fast.A_, slow.A_, rtol=0,
+                               atol=1e-4 * np.abs(slow.A_).max())
