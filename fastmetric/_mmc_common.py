@@ -38,6 +38,10 @@ class MMCResult:
         The objective after each outer iteration.
     gap : float or None
         For :func:`solve_exact`, the certified relative duality gap.
+    factor : ndarray of shape (d, r) or None
+        For :func:`solve_exact`, K with ``K @ K.T == A`` to rounding (A's
+        rank at most r), which gives ``components_`` without a d x d
+        eigendecomposition.
     """
 
     A: np.ndarray
@@ -46,6 +50,7 @@ class MMCResult:
     objective: float
     history: list = field(default_factory=list)
     gap: float | None = None
+    factor: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------

@@ -1248,10 +1248,13 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     converged = gap <= target
     if not converged and not stop:
         _warn_not_converged("MMC (exact)", n_iter, f"relative gap {gap:.2e}")
-    A = scaled(B)
+    A_w = prob.to_A(B)
+    scale = t_bound / max(float(np.sum(A_w * M_scale)), np.finfo(float).tiny)
+    A = A_w * scale
+    factor = np.sqrt(scale) * (prob.P @ L)
     # J without another pass: f is sum_D ||x-y|| under P B P^T (J does not
     # depend on the scale) and sum_S ||x-y||_A^2 = <A, M_S>.
     s_sim = float(np.sum(prob.to_A(B) * M_S))
     objective = f / np.sqrt(s_sim) if s_sim > 0 else (np.inf if f > 0 else 0.0)
     return MMCResult(A=A, n_iter=n_iter, converged=converged, objective=objective,
-                     history=history, gap=gap)
+                     history=history, gap=gap, factor=factor)

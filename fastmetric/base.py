@@ -31,7 +31,7 @@ from ._validation import (
 )
 
 
-def components_from_metric(A):
+def components_from_metric(A, factor=None):
     """A matrix ``L`` with ``L.T @ L == A`` for a symmetric PSD ``A``.
 
     The same ``L`` metric-learn 0.7.0 returns for the same ``A``, so that
@@ -45,14 +45,28 @@ def components_from_metric(A):
     Parameters
     ----------
     A : ndarray of shape (d, d)
+    factor : ndarray of shape (d, r) or None
+        K with ``K @ K.T == A`` to rounding, r < d (a solver's low-rank
+        result): the eigenpairs of A then come from a QR of K and an r x r
+        eigenproblem instead of a d x d one, and the rows of A's null space
+        are exactly zero (the d x d route leaves rounding there).  The other
+        rows agree with the d x d route's to rounding, each up to its sign
+        (an eigenvector's sign is the eigensolver's choice).
 
     Returns
     -------
     ndarray of shape (d, d)
     """
     A = np.asarray(A, dtype=np.float64)
+    d = A.shape[0]
     if np.array_equal(A, np.diag(np.diag(A))):
         return np.diag(np.sqrt(np.maximum(np.diag(A), 0.0)))
+    if factor is not None and factor.shape[1] < d:
+        Q, R = np.linalg.qr(factor)
+        w, U = np.linalg.eigh(R @ R.T)
+        L = np.zeros((d, d))
+        L[d - w.size:] = np.sqrt(np.maximum(w, 0.0))[:, None] * (Q @ U).T
+        return L
     try:
         C = np.linalg.cholesky(A)
         # a numerically singular A can still pass Cholesky on rounding-level

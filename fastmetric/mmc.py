@@ -126,7 +126,7 @@ class _BaseMMC(MahalanobisMixin):
                                      max_proj=self.max_proj, **common)
             # (inside the limit: a multi-threaded BLAS call here would leave
             # its worker threads spinning beside the next fit's kernels)
-            self.components_ = components_from_metric(result.A)
+            self.components_ = components_from_metric(result.A, result.factor)
         self.A_ = result.A
         self.n_iter_ = result.n_iter
         self.converged_ = bool(result.converged)

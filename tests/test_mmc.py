@@ -932,3 +932,35 @@ def test_exact_solver_converges_without_warning():
     ga = MMC_Supervised(n_constraints=200, random_state=0, n_jobs=1, solver="ga-ip",
                         max_iter=50).fit(X, y)
     assert model.objective_ >= ga.objective_ * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("d,r", [(6, 2), (40, 3), (40, 39)])
+def test_components_from_a_low_rank_factor(d, r):
+    from fastmetric.base import components_from_metric
+
+    rng = np.random.default_rng(d + r)
+    K = rng.normal(size=(d, r))
+    A = K @ K.T
+    A = (A + A.T) / 2
+    fast, full = components_from_metric(A, K), components_from_metric(A)
+    np.testing.assert_allclose(fast.T @ fast, A, rtol=0, atol=1e-12 * np.abs(A).max())
+    assert not fast[:d - r].any()  # A's null space: exactly zero rows
+    # the rows of the d x d eigendecomposition, each up to its sign
+    signs = np.where(np.sum(fast * full, axis=1) < 0, -1.0, 1.0)
+    np.testing.assert_allclose(fast[d - r:] * signs[d - r:, None], full[d - r:],
+                               rtol=0, atol=1e-9 * np.abs(full).max())
+
+
+def test_exact_fit_components_come_from_its_factor():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    X = rng.normal(size=(300, 40)) + 2.0 * rng.normal(size=(3, 40))[y]
+    pairs = rng.integers(0, 300, size=(1500, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    labels = np.where(y[pairs[:, 0]] == y[pairs[:, 1]], 1, -1)
+    model = fastmetric.MMC(preprocessor=X).fit(pairs, labels)
+    L = model.components_
+    assert np.linalg.matrix_rank(model.A_) < 40
+    assert np.sum(np.any(L != 0, axis=1)) < 40  # the null rows are exact zeros
+    np.testing.assert_allclose(L.T @ L, model.A_, rtol=0,
+                               atol=1e-10 * np.abs(model.A_).max())
