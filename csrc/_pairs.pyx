@@ -119,6 +119,20 @@ cdef inline void _block_sq_dists(double *diff, double *tmp, const double *A,
         out[p] = acc if acc > 0 else 0
 
 
+cdef inline void _gather_t(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                           const Py_ssize_t[::1] j, Py_ssize_t start, Py_ssize_t stop,
+                           double *D) noexcept nogil:
+    """Feature-major :func:`_gather`: ``D[k * nb + p] = X[i[start + p], k] - X[j[start + p], k]``."""
+    cdef Py_ssize_t d = X.shape[1]
+    cdef Py_ssize_t nb = stop - start
+    cdef Py_ssize_t p, k, a, b
+    for p in range(nb):
+        a = i[start + p]
+        b = j[start + p]
+        for k in range(d):
+            D[k * nb + p] = <double> X[a, k] - <double> X[b, k]
+
+
 cdef inline void _block_sq_dists_small(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                                        const Py_ssize_t[::1] j, Py_ssize_t start,
                                        Py_ssize_t stop, double *D, const double *A,
@@ -127,20 +141,17 @@ cdef inline void _block_sq_dists_small(const floating[:, ::1] X, const Py_ssize_
 
     With k = d this small a gemm runs far below its peak, and a per-pair
     quadratic form is a chain of dependent additions; instead the block's
-    differences are gathered feature by feature (``D``: d x nb) and
-    ``out = sum_k A_kk D_k^2 + 2 sum_{k<l} A_kl D_k D_l`` runs along the pairs.
+    differences are gathered feature by feature (``D``: d x nb, left there
+    for the caller) and ``out = sum_k A_kk D_k^2 + sum_{k<l} (A_kl + A_lk) D_k D_l``
+    runs along the pairs.
     """
     cdef Py_ssize_t d = X.shape[1]
     cdef Py_ssize_t nb = stop - start
-    cdef Py_ssize_t p, k, l, a, b
+    cdef Py_ssize_t p, k, l
     cdef double akl, acc
     cdef double *dk
     cdef double *dl
-    for p in range(nb):
-        a = i[start + p]
-        b = j[start + p]
-        for k in range(d):
-            D[k * nb + p] = <double> X[a, k] - <double> X[b, k]
+    _gather_t(X, i, j, start, stop, D)
     for p in range(nb):
         out[p] = 0
     for k in range(d):
@@ -150,13 +161,92 @@ cdef inline void _block_sq_dists_small(const floating[:, ::1] X, const Py_ssize_
             out[p] = out[p] + akl * dk[p] * dk[p]
         for l in range(k + 1, d):
             dl = D + l * nb
-            akl = 2.0 * A[k * d + l]
+            # (A_kl + A_lk: the quadratic form of a non-symmetric A too)
+            akl = A[k * d + l] + A[l * d + k]
             for p in range(nb):
                 out[p] = out[p] + akl * dk[p] * dl[p]
     for p in range(nb):
         # A is PSD, so a negative value is rounding: clamp it to zero.
         acc = out[p]
         out[p] = acc if acc > 0 else 0
+
+
+cdef inline void _small_outer_acc(const double *D, const double *w, Py_ssize_t nb,
+                                  int d, double *acc) noexcept nogil:
+    """``acc[c * d + r] += sum_p w_p D_r[p] D_c[p]`` for r <= c (d <= SMALL_D).
+
+    The column-major upper triangle that :func:`_syrk_acc` would add for the
+    rows ``sqrt(w_p) D_p``, from the feature-major block ``D`` (d x nb) as
+    d (d + 1) / 2 dot products along the pairs, each with eight interleaved
+    partial sums (a single one is a chain of dependent additions): a
+    ``syrk`` this narrow runs far below its peak.  ``w`` NULL means all ones.
+    """
+    cdef Py_ssize_t p, q, n8 = nb - nb % 8
+    cdef int r, c
+    cdef double s[8]
+    cdef double wd
+    cdef const double *dr
+    cdef const double *dc
+    for c in range(d):
+        dc = D + c * nb
+        for r in range(c + 1):
+            dr = D + r * nb
+            for q in range(8):
+                s[q] = 0
+            if w == NULL:
+                for p in range(0, n8, 8):
+                    for q in range(8):
+                        s[q] = s[q] + dr[p + q] * dc[p + q]
+                for p in range(n8, nb):
+                    s[0] = s[0] + dr[p] * dc[p]
+            else:
+                for p in range(0, n8, 8):
+                    for q in range(8):
+                        s[q] = s[q] + w[p + q] * dr[p + q] * dc[p + q]
+                for p in range(n8, nb):
+                    s[0] = s[0] + w[p] * dr[p] * dc[p]
+            acc[c * d + r] = acc[c * d + r] + (((s[0] + s[1]) + (s[2] + s[3]))
+                                               + ((s[4] + s[5]) + (s[6] + s[7])))
+
+
+cdef inline void _small_factor_block(const floating[:, ::1] X, const Py_ssize_t[::1] i,
+                                     const Py_ssize_t[::1] j, Py_ssize_t start,
+                                     Py_ssize_t stop, const double *K, int r, double eps,
+                                     bint want_grad, double *D, double *w,
+                                     double *dist) noexcept nogil:
+    """Distances ``||K^T D_p||`` of pairs [start, stop) for few features (d <= SMALL_D).
+
+    Gathers the block feature-major into ``D`` (d x nb, left there), writes
+    the distances to ``dist`` and, with ``want_grad``, the gradient weights
+    ``0.5 / (dist + eps)`` (0 where that is 0 / 0) to ``w``.  Row-major K is
+    (d x r); the projections run along the pairs, like
+    :func:`_block_sq_dists_small`.
+    """
+    cdef Py_ssize_t d = X.shape[1]
+    cdef Py_ssize_t nb = stop - start
+    cdef Py_ssize_t p, k, l
+    cdef double klk, z, dd
+    cdef double *dl
+    _gather_t(X, i, j, start, stop, D)
+    for p in range(nb):
+        dist[p] = 0
+    for k in range(r):
+        # w holds the k-th projection while it is summed
+        for p in range(nb):
+            w[p] = 0
+        for l in range(d):
+            dl = D + l * nb
+            klk = K[l * r + k]
+            for p in range(nb):
+                w[p] = w[p] + klk * dl[p]
+        for p in range(nb):
+            z = w[p]
+            dist[p] = dist[p] + z * z
+    for p in range(nb):
+        dd = sqrt(dist[p])
+        dist[p] = dd
+        if want_grad:
+            w[p] = 0.5 / (dd + eps) if dd + eps > 0 else 0.0
 
 
 cdef inline void _symmetrize_sum(double *acc, Py_ssize_t n_acc, int d,
@@ -284,6 +374,11 @@ def weighted_outer_sum(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                 stop = start + BLOCK
                 if stop > n_pairs:
                     stop = n_pairs
+                if d <= SMALL_D:
+                    _gather_t(X, i, j, start, stop, diff)
+                    _small_outer_acc(diff, NULL if unweighted else &weights[start],
+                                     stop - start, d, acc + c * dd)
+                    continue
                 _gather(X, i, j, start, stop, diff)
                 if not unweighted:
                     for p in range(start, stop):
@@ -354,6 +449,15 @@ def sqrt_dist_sum_grad(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                 if stop > n_pairs:
                     stop = n_pairs
                 nb = <int> (stop - start)
+                if d <= SMALL_D:
+                    # diff: the block's differences, feature-major; tmp: weights
+                    _block_sq_dists_small(X, i, j, start, stop, diff, &A[0, 0], q)
+                    for p in range(nb):
+                        dist = sqrt(q[p])
+                        sub = sub + dist
+                        tmp[p] = 0.5 / (dist + eps) if dist + eps > 0 else 0.0
+                    _small_outer_acc(diff, tmp, nb, d, acc + c * dd)
+                    continue
                 _gather(X, i, j, start, stop, diff)
                 _block_sq_dists(diff, tmp, &A[0, 0], nb, d, q)
                 for p in range(nb):
@@ -540,6 +644,7 @@ def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     cdef double s, acc_q
     cdef double *diff
     cdef double *tmp
+    cdef double *q
     cdef double *acc = <double *> malloc((n_chunks * (dd + 1) + 1) * sizeof(double))
     cdef double *parts
     if acc == NULL:
@@ -547,8 +652,9 @@ def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
     parts = acc + n_chunks * dd
     memset(acc, 0, n_chunks * (dd + 1) * sizeof(double))
     with nogil, parallel(num_threads=nt):
-        diff = <double *> malloc((BLOCK * d + BLOCK * r) * sizeof(double))
+        diff = <double *> malloc((BLOCK * d + BLOCK * r + 2 * BLOCK) * sizeof(double))
         tmp = diff + BLOCK * d
+        q = tmp + BLOCK * r
         for c in prange(n_chunks, schedule='static'):
             sub = 0.0
             for blk in range(_chunk_start(c, n_chunks, n_blocks),
@@ -558,6 +664,16 @@ def sqrt_dist_sum_grad_factor(const floating[:, ::1] X, const Py_ssize_t[::1] i,
                 if stop > n_pairs:
                     stop = n_pairs
                 nb = <int> (stop - start)
+                if d <= SMALL_D:
+                    _small_factor_block(X, i, j, start, stop, &K[0, 0], r, eps,
+                                        want_grad, diff, tmp, q)
+                    for p in range(nb):
+                        sub = sub + q[p]
+                        if keep:
+                            dists[start + p] = q[p]
+                    if want_grad:
+                        _small_outer_acc(diff, tmp, nb, d, acc + c * dd)
+                    continue
                 _gather(X, i, j, start, stop, diff)
                 # Row-major K (d x r) is column-major K^T (r x d, leading
                 # dimension r): column-major K^T diff^T is row-major diff K.

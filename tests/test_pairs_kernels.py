@@ -16,7 +16,7 @@ from scipy.optimize import check_grad
 from fastmetric import _pairs
 
 N_PAIRS = [0, 1, 255, 256, 257, 1000]
-DIMS = [1, 3, 8, 40]  # 8: the largest of the small-d squared-distance path
+DIMS = [1, 3, 8, 9, 40]  # 8 and 9: the last of the small-d paths, the first of BLAS
 DTYPES = [np.float32, np.float64]
 THREADS = [1, 2]
 RTOL = 1e-12
