@@ -184,7 +184,6 @@ cdef inline void _small_outer_acc(const double *D, const double *w, Py_ssize_t n
     cdef Py_ssize_t p, q, n8 = nb - nb % 8
     cdef int r, c
     cdef double s[8]
-    cdef double wd
     cdef const double *dr
     cdef const double *dc
     for c in range(d):
