@@ -31,50 +31,101 @@ from ._threads import kernel_threads, threads_for, threads_for_small
 from ._validation import PairData
 
 
-def _whitening(M):
-    """``(P, P_inv, eig)`` for the (shrunk) S-matrix M: ``P^T M P = I``.
+def _equilibrate(M):
+    """``(s, M / (s s^T))``: M with unit diagonal, ``s = sqrt(diag(M))``.
 
-    ``P`` maps the whitened problem back (``A = P B P^T``) and ``P_inv``
-    forward (``B = P_inv A P_inv^T``).  For a well-conditioned M (the usual
-    case) from its Cholesky factor, ``M = C C^T``, ``P = C^{-T}``, for a
-    fraction of an eigendecomposition's cost (d=50: about 30 against 440
-    us); ``eig`` is then None.  Well-conditioned is certified on the way:
-    ``lambda_min(M) >= 1 / ||P||_F^2``, and that must exceed 1e-9 of
-    ``trace(M) >= lambda_max(M)``.  Otherwise ``M = V diag(mu) V^T``,
-    ``P = V mu^{-1/2}`` and ``eig = (mu, V)``, eigenvalues below 1e-9 of
-    the largest (directions the similar pairs do not vary in) floored there,
-    with a warning: the problem is unbounded along them.  Any P of the
-    first kind is the second times an orthogonal matrix, a rotation of the
-    whitened space that the problem does not see.
+    Features in different units scale the S-matrix's rows and columns by
+    factors that can span many decades (raw breast-cancer data: a condition
+    number of 3e11, of 1e3 once equilibrated), which no threshold on M's own
+    spectrum can tell from directions the similar pairs do not vary in.  The
+    MMC problem does not see such a scaling, so conditioning is judged on
+    the equilibrated matrix.  Features that no similar pair varies in (a zero
+    diagonal entry, hence a zero row) keep ``s = 1``.
     """
-    M = np.asarray(M, dtype=np.float64)
-    C, info = dpotrf(M, lower=1, clean=1)
-    if info == 0:
-        Cinv, info = dtrtri(C, lower=1)
-        if info == 0 and np.all(np.isfinite(Cinv)):
-            trace = float(np.trace(M))
-            inv_trace = max(float(np.sum(Cinv * Cinv)), _TINY)  # trace(M^-1)
-            if trace > 0 and 1.0 / inv_trace > 1e-9 * trace:
-                return np.ascontiguousarray(Cinv.T), np.ascontiguousarray(C.T), None
-    mu, V = _eigh(M)
-    top = max(mu.max(), 0.0)
-    floor = top * 1e-12
-    if top <= 0:
+    diag = np.diagonal(M)
+    if not diag.max() > 0:
         raise ValueError(
             "every similar pair has zero difference: the S-matrix is zero, so "
             "MMC's similarity constraint does not bound the metric"
         )
-    if mu.min() <= floor * 1e3:
+    s = np.sqrt(np.where(diag > 0, diag, 1.0))
+    return s, M / np.outer(s, s)
+
+
+# Equilibrated S-matrix eigenvalues below this fraction of the largest count
+# as directions the similar pairs do not vary in (see _whitening).
+_RANK_FLOOR = 1e-9
+
+
+def _floored_eigh(M_eq):
+    """Eigenpairs of an equilibrated S-matrix, eigenvalues floored at
+    ``_RANK_FLOOR`` of the largest; also whether any was floored and the
+    numerical rank."""
+    mu, V = _eigh(M_eq)
+    floor = max(mu.max(), 0.0) * _RANK_FLOOR
+    rank = int(np.sum(mu > floor))
+    return np.maximum(mu, floor), V, rank < mu.size, rank
+
+
+def _floored_s_matrix(M):
+    """M with the equilibrated spectrum floored as in :func:`_whitening`
+    (M itself when nothing is floored)."""
+    s, M_eq = _equilibrate(M)
+    mu, V, floored, _ = _floored_eigh(M_eq)
+    if not floored:
+        return M
+    W = V * s[:, None]
+    return (W * mu) @ W.T
+
+
+def _whitening(M):
+    """``(P, P_inv, M_used)`` for the (shrunk) S-matrix M: ``P^T M_used P = I``.
+
+    ``P`` maps the whitened problem back (``A = P B P^T``) and ``P_inv``
+    forward (``B = P_inv A P_inv^T``).  M is equilibrated first
+    (:func:`_equilibrate`, ``M = S M_eq S``): conditioning is judged and the
+    factorisation taken on ``M_eq``, then ``P = S^{-1} P_eq``.  For a
+    well-conditioned ``M_eq`` (the usual case) from its Cholesky factor,
+    ``M_eq = C C^T``, ``P_eq = C^{-T}``, for a fraction of an
+    eigendecomposition's cost (d=50: about 30 against 440 us), and
+    ``M_used`` is M.  Well-conditioned is certified on the way:
+    ``lambda_min(M_eq) >= 1 / ||C^{-1}||_F^2``, and that must exceed
+    ``_RANK_FLOOR`` of ``trace(M_eq) >= lambda_max(M_eq)``.  Otherwise
+    ``M_eq = V diag(mu) V^T``, ``P_eq = V mu^{-1/2}``, eigenvalues below
+    ``_RANK_FLOOR`` of the largest (directions the similar pairs do not vary
+    in) floored there, with a warning: the problem is unbounded along them;
+    ``M_used`` is then the floored matrix.  Any P of the first kind is the
+    second times an orthogonal matrix, a rotation of the whitened space that
+    the problem does not see.
+    """
+    M = np.asarray(M, dtype=np.float64)
+    s, M_eq = _equilibrate(M)
+    C, info = dpotrf(M_eq, lower=1, clean=1)
+    if info == 0:
+        Cinv, info = dtrtri(C, lower=1)
+        if info == 0 and np.all(np.isfinite(Cinv)):
+            trace = float(np.trace(M_eq))
+            inv_trace = max(float(np.sum(Cinv * Cinv)), _TINY)  # trace(M_eq^-1)
+            if 1.0 / inv_trace > _RANK_FLOOR * trace:
+                return (np.ascontiguousarray(Cinv.T / s[:, None]),
+                        np.ascontiguousarray(C.T * s), M)
+    mu, V, floored, rank = _floored_eigh(M_eq)
+    if floored:
         warnings.warn(
-            "the similar pairs do not span the feature space (S-matrix rank "
-            f"{int(np.sum(mu > floor * 1e3))} of {mu.size}): the MMC problem is "
+            f"the similar pairs do not span the feature space (S-matrix rank "
+            f"{rank} of {mu.size}): the MMC problem is "
             "unbounded along the missing directions, which will dominate the "
             "metric. Use shrinkage > 0, more similar pairs, or fewer features.",
             RuntimeWarning,
             stacklevel=5,
         )
-        mu = np.maximum(mu, floor * 1e3)
-    return V / np.sqrt(mu), (V * np.sqrt(mu)).T, (mu, V)
+    P = (V / np.sqrt(mu)) / s[:, None]
+    P_inv = (V * np.sqrt(mu)).T * s
+    M_used = M
+    if floored:
+        W = V * s[:, None]
+        M_used = (W * mu) @ W.T
+    return np.ascontiguousarray(P), np.ascontiguousarray(P_inv), M_used
 
 
 class _Whitened:
@@ -117,9 +168,9 @@ class _Whitened:
     @classmethod
     def from_matrix(cls, dissimilar, M, n_threads):
         """The whitened problem of the dissimilar pairs under S-matrix ``M``."""
-        P, P_inv, eig = _whitening(M)
+        P, P_inv, M_used = _whitening(M)
         prob = cls(dissimilar, P, n_threads)
-        prob.eig_M = eig
+        prob.M_used = M_used
         prob.P_inv = P_inv
         return prob
 
@@ -1256,27 +1307,15 @@ def solve_exact(similar, dissimilar, A0, *, shrinkage=0.0, max_iter=100,
     # where the similar pairs do not vary that sum is 0, so the scale is taken
     # with the S-matrix's eigenvalues floored as in the whitening (which
     # leaves a well-conditioned plain S-matrix as it is).
-    eig = prob.eig_M if shrinkage == 0 else _eigh(M_S)
-    if eig is None:
-        M_scale = M_S
-    else:
-        mu_s, V_s = eig
-        M_scale = (V_s * np.maximum(mu_s, mu_s.max() * 1e-9)) @ V_s.T
+    M_scale = prob.M_used if shrinkage == 0 else _floored_s_matrix(M_S)
 
     def scaled(B):
         A = prob.to_A(B)
         return A * (t_bound / max(float(np.sum(A * M_scale)), np.finfo(float).tiny))
 
-    if np.array_equal(A0, np.eye(d)) and prob.eig_M is not None:
-        # The default init: B = P_inv P_inv^T = diag(mu), already on the
+    if np.array_equal(A0, np.eye(d)):
+        # The default init: B = P_inv P_inv^T, of factor P_inv, on the
         # spectraplex once scaled to unit trace (no eigendecomposition).
-        mu = prob.eig_M[0]
-        lam = mu / mu.sum()
-        L = np.diag(np.sqrt(lam))
-        B = np.diag(lam)
-        euclid_scale = np.sqrt(mu.sum())  # P L = V / euclid_scale
-    elif np.array_equal(A0, np.eye(d)):
-        # ... and with a Cholesky whitening B = C^T C, of factor C^T.
         euclid_scale = np.sqrt(max(float(np.sum(prob.P_inv**2)), _TINY))
         L = prob.P_inv / euclid_scale  # P L = I / euclid_scale
         B = _sym(L @ L.T)

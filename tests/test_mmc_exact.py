@@ -310,17 +310,54 @@ def test_cholesky_whitening_is_a_whitening_and_certifies_its_conditioning():
     rng = np.random.default_rng(3)
     K = rng.normal(size=(30, 30))
     M = K @ K.T + 0.1 * np.eye(30)
-    P, P_inv, eig = exact._whitening(M)
-    assert eig is None  # well conditioned: the Cholesky route
+    P, P_inv, M_used = exact._whitening(M)
+    assert M_used is M  # well conditioned: the Cholesky route, nothing floored
     np.testing.assert_allclose(P.T @ M @ P, np.eye(30), rtol=0, atol=1e-9)
     np.testing.assert_allclose(P_inv @ P, np.eye(30), rtol=0, atol=1e-9)
-    # a condition number beyond 1e9 takes the eigendecomposition (and its
-    # flooring of the directions the similar pairs hardly vary in)
+    # a condition number beyond 1e9 that no rescaling of the features
+    # removes takes the eigendecomposition (and its flooring of the
+    # directions the similar pairs hardly vary in)
     V = np.linalg.qr(K)[0]
     mu = np.logspace(-11, 0, 30)
+    M_bad = (V * mu) @ V.T
     with pytest.warns(RuntimeWarning, match="do not span"):
-        P, P_inv, eig = exact._whitening((V * mu) @ V.T)
-    assert eig is not None and eig[0].min() >= 1e-9 * eig[0].max()
+        P, P_inv, M_used = exact._whitening(M_bad)
+    # (to the rounding of a condition number of 1e9: eps / 1e-9)
+    np.testing.assert_allclose(P.T @ M_used @ P, np.eye(30), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(P_inv @ P, np.eye(30), rtol=0, atol=1e-6)
+    s = np.sqrt(np.diagonal(M_used))
+    floored = np.linalg.eigvalsh(M_used / np.outer(s, s))
+    assert floored.min() >= 0.99e-9 * floored.max()
+
+
+@pytest.mark.parametrize("scales", ["decades", "breast_cancer"])
+def test_features_in_any_units_give_the_same_optimum(scales):
+    # The problem does not see a rescaling of the features; the S-matrix's
+    # condition number does (raw breast cancer: 3e11), and an unequilibrated
+    # whitening took such data for rank-deficient, floored its spectrum and
+    # "certified" a metric 6% short of the optimum.
+    if scales == "decades":
+        X, pairs, labels = _problem(45, 2000, 5)
+        rng = np.random.default_rng(5)
+        X_raw = X * 10.0 ** rng.uniform(-4, 4, X.shape[1])
+    else:
+        from sklearn.datasets import load_breast_cancer
+
+        from fastmetric import Constraints
+
+        X_raw, y = load_breast_cancer(return_X_y=True)
+        a, b, c, d = Constraints(y).positive_negative_pairs(200, random_state=0)
+        pairs = np.r_[np.c_[a, b], np.c_[c, d]]
+        labels = np.r_[np.ones(len(a), int), -np.ones(len(c), int)]
+    X_std = X_raw / X_raw.std(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        raw = MMC(preprocessor=X_raw).fit(pairs, labels)
+        std = MMC(preprocessor=X_std).fit(pairs, labels)
+    assert raw.converged_ and std.converged_
+    J_raw = _J(X_raw, pairs, labels, raw.A_)
+    assert J_raw == pytest.approx(_J(X_std, pairs, labels, std.A_), rel=1e-8)
+    assert J_raw == pytest.approx(_reference_J(X_std, pairs, labels)[0], rel=1e-8)
 
 
 @pytest.mark.parametrize("d,correlated", [(12, False), (45, False), (30, True)])
@@ -331,11 +368,9 @@ def test_cholesky_and_eigen_whitening_give_the_same_fit(monkeypatch, d, correlat
     real = exact._whitening
 
     def eigen_only(M):
-        P, P_inv, eig = real(M)
-        if eig is None:
-            mu, V = np.linalg.eigh(M)
-            return V / np.sqrt(mu), (V * np.sqrt(mu)).T, (mu, V)
-        return P, P_inv, eig
+        mu, V = np.linalg.eigh(M)
+        assert mu.min() > 1e-9 * mu.max()  # (no flooring to mimic)
+        return V / np.sqrt(mu), (V * np.sqrt(mu)).T, M
 
     monkeypatch.setattr(exact, "_whitening", eigen_only)
     slow = MMC(preprocessor=X).fit(pairs, labels)
