@@ -121,6 +121,12 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
     # D-gradient (its arguments are swapped on entry); it is only used if the
     # first projection fails, but we keep it for step-for-step equality.
     obj_A0, grad_d0 = fd_and_grad(A)
+    if not np.any(grad_d0):
+        # (metric-learn divides by this gradient's norm and runs on NaN)
+        raise ValueError(
+            "every dissimilar pair joins identical points (zero difference); "
+            "MMC needs dissimilar pairs that differ"
+        )
     M = _grad_projection(w, grad_d0)
     A_old = A.copy()
     obj_old = obj_A0
@@ -150,7 +156,7 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
         if verbose:
             print(f"mmc iter: {cycle}, conv = {delta:f}, "
                   f"log sum_D dist = {obj_old:.8g}")
-    converged = not delta > tol
+    converged = bool(delta <= tol)
     if not converged:
         _warn_not_converged("MMC (ga-ip)", cycle + 1, f"conv {delta:.2e} > tol {tol}")
     A_final = _sym(A_old)

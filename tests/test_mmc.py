@@ -908,6 +908,21 @@ def test_identical_point_pairs_are_harmless(solver):
     assert np.all(np.isfinite(model.pair_distance(pairs)))
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_dissimilar_pairs_all_of_identical_points_are_an_error(solver):
+    # ga-ip used to divide by the zero gradient, run on NaN and report
+    # converged_=True; every solver must name the problem instead
+    rng = np.random.default_rng(0)
+    similar = rng.normal(size=(5, 2, 3))
+    dissimilar = np.repeat(rng.normal(size=(5, 1, 3)), 2, axis=1)
+    pairs = np.concatenate([similar, dissimilar])
+    labels = np.r_[np.ones(5), -np.ones(5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ValueError, match="dissimilar pairs that differ"):
+            MMC(n_jobs=1, **SOLVERS[solver]).fit(pairs, labels)
+
+
 def test_shrinkage():
     X, y = iris()
     kw = dict(n_constraints=100, random_state=0, n_jobs=1)
