@@ -208,45 +208,61 @@ def _solve_rescaled(similar, dissimilar, w0, k, *, callback, **kw):
                      objective=res.objective, history=res.history)
 
 
-def _newton_step(obj, w, g, grad, hdiag):
+def _newton_step(obj, w, g, grad, hdiag, s_sum):
     """One projected-Newton step from w, or None when backtracking fails.
 
     The features split into an active set (at the bound, gradient pushing
     outward: a scaled gradient step) and a free set (a Newton step on the
-    Hessian block); the step backtracks along the projection arc.
+    Hessian block); the step backtracks along the projection arc.  Features
+    in different units give weights and Hessian entries decades apart, so
+    the active set is chosen on the unit-free weights ``s_k w_k`` and the
+    Newton system is solved equilibrated (unit diagonal): a bound, a jitter
+    or a pivot on the raw numbers would serve the largest scales only (a
+    feature 1e5 times smaller than another crawled: w 0.03 after 100
+    iterations, 0.11 after 1000, against 0.35 at the minimum).
     """
     d = w.shape[0]
     pg = w - np.maximum(w - grad / np.maximum(hdiag, 1e-300), 0.0)
-    eps_k = min(1e-3 * max(w.max(), 1e-300), float(np.abs(pg).max()))
-    active = (w <= eps_k) & (grad > 0)
-    free = ~active
-    direction = np.zeros(d)
-    if free.any():
-        Hff = obj.hess_block(np.flatnonzero(free))
-        jitter = 1e-12 * max(np.trace(Hff) / Hff.shape[0], 1e-300)
-        try:
-            direction[free] = -np.linalg.solve(
-                Hff + jitter * np.eye(Hff.shape[0]), grad[free])
-        except np.linalg.LinAlgError:
-            direction[free] = -grad[free] / np.maximum(np.diag(Hff), 1e-300)
-    direction[active] = -grad[active] / np.maximum(hdiag[active], 1e-300)
+    u, pg_u = s_sum * w, s_sum * pg  # unit-free: g's linear term is sum(u)
+    eps_k = min(1e-3 * max(u.max(), 1e-300), float(np.abs(pg_u).max()))
+    active = (u <= eps_k) & (grad > 0)
+    free = np.flatnonzero(~active)
+    if free.size:
+        Hff = obj.hess_block(free)
+        h = np.sqrt(np.maximum(np.diag(Hff), 1e-300))
+        H_eq = Hff / np.outer(h, h)
     # Backtracking on the value alone (one cheap pass per trial).  Near the
     # optimum the predicted decrease falls below g's rounding; a step that
     # does not raise g beyond rounding is then accepted, so Newton can
     # finish instead of stalling.
     rounding = 64 * np.finfo(float).eps * (abs(g) + 1.0)
-    step = 1.0
-    while True:
-        w_new = np.maximum(w + step * direction, 0.0)
-        g_new = obj.value(w_new)
-        decrease = float(grad @ (w - w_new))
-        if np.isfinite(g_new) and g_new <= g - 1e-4 * max(decrease, 0.0) + rounding:
-            break
-        step *= 0.5
-        if step < 1e-14:
-            w_new = None
-            break
-    return w_new
+    # With fewer dissimilar pairs than free features the Hessian block is
+    # singular (each pair adds rank one), and a Newton step along its null
+    # space can fail every backtracking trial: then the same step again with
+    # the equilibrated block shifted by ever more of the identity, which
+    # tends to the diagonally scaled gradient step (always a descent step).
+    for shift in _NEWTON_SHIFTS:
+        direction = np.zeros(d)
+        if free.size:
+            try:
+                direction[free] = -np.linalg.solve(
+                    H_eq + shift * np.eye(free.size), grad[free] / h) / h
+            except np.linalg.LinAlgError:
+                continue
+        direction[active] = -grad[active] / np.maximum(hdiag[active], 1e-300)
+        step = 1.0
+        while step >= 1e-14:
+            w_new = np.maximum(w + step * direction, 0.0)
+            g_new = obj.value(w_new)
+            decrease = float(grad @ (w - w_new))
+            if np.isfinite(g_new) and g_new <= g - 1e-4 * max(decrease, 0.0) + rounding:
+                return w_new
+            step *= 0.5
+    return None
+
+
+# Shifts of the equilibrated Newton block (unit diagonal) tried in turn.
+_NEWTON_SHIFTS = (1e-12, 1e-6, 1e-3, 1e-1, 1.0, 1e2)
 
 
 def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
@@ -354,7 +370,7 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
             w = _open_features(obj, w, g, opening, s_sum, c)
             g, grad, hdiag = obj.derivs(w)
         else:
-            w_new = _newton_step(obj, w, g, grad, hdiag)
+            w_new = _newton_step(obj, w, g, grad, hdiag, s_sum)
             if w_new is None:
                 stalled += 1
             else:

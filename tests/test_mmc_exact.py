@@ -365,7 +365,6 @@ def test_cholesky_and_eigen_whitening_give_the_same_fit(monkeypatch, d, correlat
     # the two whitenings differ by a rotation the problem does not see
     X, pairs, labels = _problem(d, 1500, 4, correlated=correlated)
     fast = MMC(preprocessor=X).fit(pairs, labels)
-    real = exact._whitening
 
     def eigen_only(M):
         mu, V = np.linalg.eigh(M)
