@@ -61,7 +61,8 @@ def demo(args):
     kind = "diagonal" if args.diagonal else "full"
     units = "standardised" if args.standardize else "raw units"
     print(f"MMC ({kind}) on {args.dataset}: {X.shape[0]} points, {X.shape[1]} "
-          f"features ({units}), {args.n_constraints} similar + dissimilar pairs")
+          f"features ({units}), {args.n_constraints} similar and "
+          f"{args.n_constraints} dissimilar pairs")
     print(f"fitted in {elapsed:.3f} s, {model.n_iter_} iterations, "
           f"converged={model.converged_}")
     print("learned Mahalanobis matrix A (scaled to max |A| = 1):")
@@ -94,7 +95,9 @@ def main(argv=None):
     p = sub.add_parser("demo", help="fit MMC on a built-in data set")
     p.add_argument("--dataset", choices=DATASETS, default="wine")
     p.add_argument("--n-constraints", type=int, default=200)
-    p.add_argument("--shrinkage", type=float, default=0.0)
+    p.add_argument("--shrinkage", type=float, default=0.0,
+                   help="blend the S-matrix with a multiple of the identity "
+                        "(in the features' units: use with --standardize)")
     p.add_argument("--standardize", action="store_true",
                    help="scale every feature to unit variance first")
     p.add_argument("--diagonal", action="store_true")

@@ -67,7 +67,7 @@ def test_demo_options(capsys):
             "--seed", "3"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "60 similar + dissimilar pairs" in out
+    assert "60 similar and 60 dissimilar pairs" in out
     np.testing.assert_allclose(
         _printed_matrix(out, 4),
         _expected_matrix("iris", False, n_constraints=60, shrinkage=0.0, seed=3),
