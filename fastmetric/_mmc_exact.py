@@ -40,15 +40,17 @@ def _equilibrate(M):
     spectrum can tell from directions the similar pairs do not vary in.  The
     MMC problem does not see such a scaling, so conditioning is judged on
     the equilibrated matrix.  Features that no similar pair varies in (a zero
-    diagonal entry, hence a zero row) keep ``s = 1``.
+    diagonal entry, hence a zero row) take the largest scale, so that their
+    floored eigenvalue is relative to the data's scale, not to 1.
     """
     diag = np.diagonal(M)
-    if not diag.max() > 0:
+    top = diag.max()
+    if not top > 0:
         raise ValueError(
             "every similar pair has zero difference: the S-matrix is zero, so "
             "MMC's similarity constraint does not bound the metric"
         )
-    s = np.sqrt(np.where(diag > 0, diag, 1.0))
+    s = np.sqrt(np.where(diag > 0, diag, top))
     return s, M / np.outer(s, s)
 
 
@@ -505,7 +507,7 @@ def _dual_gap(prob, f, G, max_subset=2048, n_floors=10):
     # With pairs at zero distance the best floor can lie far below every
     # positive distance, so the grid then reaches down 16 decades.
     lo = positive[0] if s_small[0] > 0 else hi * 1e-16
-    lo = min(lo, hi)
+    lo = min(max(lo, np.finfo(float).tiny), hi)  # (hi * 1e-16 can underflow)
     taus = np.geomspace(lo, hi, n_floors)
     coarse = estimates(taus)
     i = int(np.argmin([c[0] for c in coarse]))

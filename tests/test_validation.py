@@ -471,14 +471,35 @@ def _assert_deliberate(exc):
     assert str(exc)
 
 
-def _check_outcome(fit):
-    """Run ``fit``; it must give a finite symmetric PSD metric or a clear error."""
+def _well_posed(X, idx, y, init):
+    """Whether a fit on these pairs has no reason to fail.
+
+    Some similar and some dissimilar pair must differ, by squared distances
+    far from float64's limits, and init must be of full rank (identity or
+    random): then a fit must succeed.  The rest (every similar pair of
+    identical points, data at 1e+-170, a singular covariance init) may be
+    rejected, with a deliberate message.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if init not in ("identity", "random") or not np.all(np.isfinite(X)):
+        return False
+    with np.errstate(over="ignore", under="ignore"):
+        sq = ((X[idx[:, 0]] - X[idx[:, 1]]) ** 2).sum(axis=1)
+    ok = (sq > 1e-100) & (sq < 1e100)
+    return bool(ok[y == 1].any() and ok[y == -1].any()
+                and np.all(sq[sq > 0] > 1e-200) and np.all(sq < 1e200))
+
+
+def _check_outcome(fit, must_fit=False):
+    """Run ``fit``; it must give a finite symmetric PSD metric or a clear error
+    (no error when ``must_fit``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             est = fit()
         except (ValueError, TypeError) as exc:
             _assert_deliberate(exc)
+            assert not must_fit, f"a well-posed fit was rejected: {exc}"
             return None
     A = est.get_mahalanobis_matrix()
     A_ = est.A_
@@ -541,9 +562,11 @@ def _as(X, dtype):
 @given(problem=pair_problem(), dtype=DTYPES, params=SOLVERS, init=INITS)
 def test_property_valid_formed_pairs(problem, dtype, params, init):
     X, idx, y = problem
-    pairs = _as(X, dtype)[idx]
+    X = _as(X, dtype)
+    pairs = X[idx]
     est = _check_outcome(
-        lambda: MMC(init=init, random_state=0, **params).fit(pairs, y))
+        lambda: MMC(init=init, random_state=0, **params).fit(pairs, y),
+        must_fit=_well_posed(X, idx, y, init))
     if est is not None:
         assert np.all(np.isfinite(est.pair_distance(pairs)))
         assert set(np.unique(est.predict(pairs))) <= {-1, 1}
@@ -553,7 +576,8 @@ def test_property_valid_formed_pairs(problem, dtype, params, init):
 @given(problem=pair_problem(), params=SOLVERS)
 def test_property_valid_index_pairs(problem, params):
     X, idx, y = problem
-    est = _check_outcome(lambda: MMC(preprocessor=X, **params).fit(idx, y))
+    est = _check_outcome(lambda: MMC(preprocessor=X, **params).fit(idx, y),
+                         must_fit=_well_posed(X, idx, y, "identity"))
     if est is not None:
         # The same metric as from the formed pairs.
         formed = _check_outcome(lambda: MMC(**params).fit(X[idx], y))
