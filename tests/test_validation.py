@@ -681,6 +681,67 @@ def test_property_supervised_with_a_defect(problem, params, defect, data):
     _check_rejected(lambda: MMC_Supervised(n_constraints=15, **params).fit(X, y))
 
 
+@PROPERTY
+@given(problem=pair_problem(), params=SOLVERS,
+       shape=st.lists(st.integers(0, 5), min_size=0, max_size=5), data=st.data())
+def test_property_pairs_of_a_wrong_shape(problem, params, shape, data):
+    # Any array that is not (n, 2, d) pairs (d >= 1), or (n, 2) indices with a
+    # preprocessor, is refused with a message naming the expected shape.
+    X, idx, y = problem
+    shape = tuple(shape)
+    formed_ok = len(shape) == 3 and shape[1] == 2 and shape[2] >= 1 and shape[0] >= 1
+    index_ok = len(shape) == 2 and shape[1] == 2 and shape[0] >= 1
+    arr = np.zeros(shape)
+    labels = np.resize(y, shape[0] if shape else 0)
+    if not formed_ok:
+        with pytest.raises(ValueError, match=r"pairs|empty|features|labels|y"):
+            MMC(**params).fit(arr, labels)
+    if not index_ok:
+        points = X if data.draw(st.booleans()) else X[:, :1]
+        with pytest.raises((ValueError, TypeError),
+                           match=r"pairs|empty|features|labels|y|index"):
+            MMC(preprocessor=points, **params).fit(arr.astype(np.intp), labels)
+
+
+@st.composite
+def bad_init(draw, d):
+    """A matrix MMC must refuse as init for d features, and what to match."""
+    kind = draw(st.sampled_from(["shape", "asymmetric", "indefinite", "nonfinite"]))
+    rng = np.random.default_rng(draw(SEEDS))
+    if kind == "shape":
+        shape = draw(st.sampled_from([(d + 1, d + 1), (d, d + 1), (d,), (1, d, d)]))
+        return rng.normal(size=shape), "init"
+    K = rng.normal(size=(d, d))
+    M = K @ K.T
+    if kind == "asymmetric":
+        i, j = (0, 1) if d > 1 else (0, 0)
+        if d == 1:
+            return np.array([[1.0, 0.5]]), "init"
+        M[i, j] += draw(st.floats(1e-3, 1e3))
+        return M, "not symmetric"
+    if kind == "indefinite":
+        w, V = np.linalg.eigh(M)
+        w[0] = -draw(st.floats(1e-3, 1e3)) * max(w[-1], 1.0)
+        return (V * w) @ V.T, "not positive semi-definite"
+    M.flat[draw(st.integers(0, d * d - 1))] = draw(SPECIALS)
+    return M, "NaN|inf|finite"
+
+
+@PROPERTY
+@given(d=st.integers(1, 5), seed=SEEDS, params=SOLVERS, data=st.data())
+def test_property_bad_init_is_refused(d, seed, params, data):
+    # on well-posed data, so that init is the only thing wrong
+    X = np.random.default_rng(seed).normal(size=(12, d))
+    classes = np.arange(12) % 3
+    idx = np.array([[0, 3], [1, 4], [2, 5], [0, 1], [1, 2], [3, 5]])
+    y = np.where(classes[idx[:, 0]] == classes[idx[:, 1]], 1, -1)
+    init, match = data.draw(bad_init(d))
+    with pytest.raises(ValueError, match=match):
+        MMC(init=init, **params).fit(X[idx], y)
+    with pytest.raises(ValueError, match=match):
+        MMC_Supervised(init=init, n_constraints=5, **params).fit(X, classes)
+
+
 @pytest.mark.parametrize("params", [dict(solver="exact"),
                                     dict(solver="ga-ip", max_iter=5, max_proj=20),
                                     dict(diagonal=True)])
