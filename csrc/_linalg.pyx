@@ -1512,8 +1512,11 @@ cdef void _capped_simplex(int d, const double *lam, double *out,
 
 
 cdef enum:
-    # The packed pass (see _spg_value_grad_packed) up to this many features ...
-    SPG_PACKED_MAX_D = 12
+    # The packed pass (see _spg_value_grad_packed) up to this many features
+    # (measured per iteration, 5000 rows, one thread: d=5 72 against 93 us,
+    # d=6 74 against 78, d=7 a tie, d=8 115 against 92, d=11 247 against 207:
+    # the blocked pass's small gemms run fast on current OpenBLAS) ...
+    SPG_PACKED_MAX_D = 6
     # ... while its rows take at most this many doubles (32 MB)
     SPG_PACKED_MAX_ELEMS = 4000000
 
@@ -1652,7 +1655,7 @@ def spg_spectraplex(const double[:, ::1] Z, double[:, ::1] B, int max_iter,
         Evaluate through the packed quadratic rows ``z_k z_l`` (two
         matrix-vector products per block of rows, ``2 n d (d+1)`` flops a pass)
         rather than matrix products on d-wide blocks, which BLAS runs slowly
-        for small d; None: packed up to 12 features while the packed rows
+        for small d; None: packed up to 6 features while the packed rows
         take at most 32 MB.
 
     Returns
