@@ -478,29 +478,39 @@ def _dual_gap(prob, f, G, max_subset=2048, n_floors=10):
         return np.inf
     prefix = np.concatenate([[0.0], np.cumsum(s_small)])
     v = _start_vector(G.shape[0])
-    one_total = Z.T @ Z
 
     def estimates(taus):
-        # Descending floors: the pairs at or above a floor keep their 1 / dist
-        # weights, those below weigh 1 / tau, both running sums grown from
-        # the largest distance down.  lambda_max is only estimated here; the
-        # chosen floor is evaluated exactly below.
-        above_inv = np.zeros_like(one_total)
-        above_one = np.zeros_like(one_total)
-        stop = s_small.size
+        # The pairs at or above a floor keep their 1 / dist weights, those
+        # below weigh 1 / tau: each part a running sum of non-negative terms,
+        # the first grown from the largest distance down, the second from the
+        # smallest up.  (The part below as the whole sum minus the part above
+        # cancelled: at a floor of 1e-12 its rounding, times 1 / tau, made
+        # G_tau indefinite and the "bound" fell below f, certifying a point
+        # 9e-7 short.)  lambda_max is only estimated here; the chosen floor
+        # is evaluated exactly below.
+        cuts = np.searchsorted(s_small, taus, side="left")  # ascending
+        below, acc, start = [], np.zeros_like(G_out), 0
+        for cut in cuts:
+            if cut > start:
+                seg = Z[start:cut]
+                acc = acc + seg.T @ seg
+                start = cut
+            below.append(acc)
+        above, acc, stop = [None] * len(cuts), np.zeros_like(G_out), s_small.size
+        for t in range(len(cuts) - 1, -1, -1):
+            if cuts[t] < stop:
+                seg = Z[cuts[t]:stop]
+                acc = acc + (seg * inv[cuts[t]:stop, None]).T @ seg
+                stop = cuts[t]
+            above[t] = acc
         out = []
-        for tau in taus[::-1]:
-            cut = int(np.searchsorted(s_small, tau, side="left"))
-            if cut < stop:
-                seg = Z[cut:stop]
-                above_inv += (seg * inv[cut:stop, None]).T @ seg
-                above_one += seg.T @ seg
-                stop = cut
+        for tau, cut, part_below, part_above in zip(taus, cuts, below, above,
+                                                    strict=True):
             lifted = tau * cut - prefix[cut]
-            G_tau = _sym(G_out + above_inv + (one_total - above_one) / (2.0 * tau))
+            G_tau = _sym(G_out + part_above + part_below / (2.0 * tau))
             out.append(((total + lifted) / 2 + _lambda_max_estimate(G_tau, v, 30),
                         (total + lifted) / 2, G_tau))
-        return out[::-1]
+        return out
 
     positive = s_small[s_small > 0]
     hi = max(s_small[-1], np.finfo(float).tiny)
@@ -515,6 +525,10 @@ def _dual_gap(prob, f, G, max_subset=2048, n_floors=10):
                                   taus[min(i + 1, taus.size - 1)], n_floors))
     _, base, G_tau = min(coarse + fine, key=lambda c: c[0])
     best = base + _lambda_max(G_tau)
+    if best < f - _rounding_slack(f, s.size):
+        # an upper bound on f* below f: rounding broke it, so it certifies
+        # nothing
+        return np.inf
     return max(best - f, 0.0) / scale
 
 
@@ -1037,11 +1051,17 @@ def _maximise(prob, B, L, *, max_iter, target, report, compiled, start=None,
             break  # neither method can improve f any further
         else:
             newton_failed = True
-    if not certified:
-        # Stopped by max_iter, a callback or a stall with the last gap only
-        # bounded from below: report the certified one at B.
+    if gap > target or not certified:
+        # Stopped by max_iter, a callback or a stall: report the best
+        # certified gap at B, the Frank-Wolfe one or the floored bound.
+        # measure() takes the latter only now and then, and a stall can come
+        # between (a Newton round that fails right after a step whose gain
+        # was just above "slow"): without this a point certifiable to 3e-9
+        # was reported unconverged at a Frank-Wolfe gap of 0.26.
         f, G = prob.value_grad_factor(L)
         gap = prob.fw_gap(f, G)
+        if gap > target:
+            gap = min(gap, _dual_gap(prob, f, G))
     return B, L, f, G, gap, n_iter, stop
 
 
