@@ -222,7 +222,8 @@ def _newton_step(obj, w, g, grad, hdiag, s_sum):
     iterations, 0.11 after 1000, against 0.35 at the minimum).
     """
     d = w.shape[0]
-    pg = w - np.maximum(w - grad / np.maximum(hdiag, 1e-300), 0.0)
+    with np.errstate(over="ignore"):  # (a zero curvature: inf, then clipped)
+        pg = w - np.maximum(w - grad / np.maximum(hdiag, 1e-300), 0.0)
     u, pg_u = s_sum * w, s_sum * pg  # unit-free: g's linear term is sum(u)
     eps_k = min(1e-3 * max(u.max(), 1e-300), float(np.abs(pg_u).max()))
     active = (u <= eps_k) & (grad > 0)
@@ -235,7 +236,10 @@ def _newton_step(obj, w, g, grad, hdiag, s_sum):
     # optimum the predicted decrease falls below g's rounding; a step that
     # does not raise g beyond rounding is then accepted, so Newton can
     # finish instead of stalling.
-    rounding = 64 * np.finfo(float).eps * (abs(g) + 1.0)
+    # g's terms are s.w and c log f; their size, not 1, sets g's rounding
+    # (an absolute 1 let steps raise g at diagonal_c=1e-12, where g ~ 1e-11)
+    sw = float(s_sum @ w)
+    rounding = 64 * np.finfo(float).eps * (abs(sw) + abs(sw - g) + abs(g))
     # With fewer dissimilar pairs than free features the Hessian block is
     # singular (each pair adds rank one), and a Newton step along its null
     # space can fail every backtracking trial: then the same step again with
@@ -249,7 +253,8 @@ def _newton_step(obj, w, g, grad, hdiag, s_sum):
                     H_eq + shift * np.eye(free.size), grad[free] / h) / h
             except np.linalg.LinAlgError:
                 continue
-        direction[active] = -grad[active] / np.maximum(hdiag[active], 1e-300)
+        with np.errstate(over="ignore"):
+            direction[active] = -grad[active] / np.maximum(hdiag[active], 1e-300)
         step = 1.0
         while step >= 1e-14:
             w_new = np.maximum(w + step * direction, 0.0)
@@ -318,8 +323,12 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
         return _solve_rescaled(similar, dissimilar, w0, k, c=c, max_iter=max_iter,
                                tol=tol, n_threads=n_threads, callback=callback,
                                verbose=verbose)
+    # Only features that no similar pair varies in are unbounded: a feature
+    # that varies on a scale a million times smaller than another's is the
+    # same problem in other units (a floor relative to the largest s_k
+    # changed the minimiser of such data and warned wrongly).
     floor = s_sum.max() * 1e-12
-    if s_sum.min() <= floor:
+    if s_sum.min() <= 0:
         warnings.warn(
             "some features are constant within every similar pair: the diagonal "
             "MMC objective is unbounded along them, so their weights will be very "
@@ -327,7 +336,7 @@ def solve_diagonal(similar, dissimilar, w0, *, c=1.0, max_iter=100, tol=1e-3,
             RuntimeWarning,
             stacklevel=3,
         )
-        s_sum = np.maximum(s_sum, floor)
+        s_sum = np.where(s_sum > 0, s_sum, floor)
     w = np.maximum(np.asarray(w0, dtype=np.float64), 0.0)
     if not s_sum @ w > 0:
         raise ValueError("the initial weights give every similar pair zero distance; "

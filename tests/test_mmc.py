@@ -901,6 +901,50 @@ def test_diagonal_reaches_the_minimum_with_features_of_any_scale(seed):
     assert g <= best + 1e-9 * max(abs(best), 1.0)
 
 
+def _three_feature_problem():
+    rng = np.random.default_rng(17)
+    X = rng.normal(size=(100, 3))
+    lab = rng.integers(0, 3, 100)
+    X[:, 0] += 2 * lab
+    X[:, 2] += lab
+    ii = rng.integers(0, 100, size=(3000, 2))
+    same = lab[ii[:, 0]] == lab[ii[:, 1]]
+    pairs = np.concatenate([ii[same][:60], ii[~same][:60]])
+    return X, pairs, np.r_[np.ones(60), -np.ones(60)]
+
+
+@pytest.mark.parametrize("unit", [1e-6, 1e-9, 1e6])
+def test_diagonal_one_feature_in_other_units_is_the_same_fit(unit):
+    # g is covariant under rescaling one feature (its weight scales by
+    # 1 / unit^2); a floor at 1e-12 of the largest s_k took a feature a
+    # million times smaller for constant, warned and changed the minimiser.
+    X, pairs, labels = _three_feature_problem()
+    ref = MMC(preprocessor=X, diagonal=True, n_jobs=1).fit(pairs, labels)
+    units = np.array([1.0, unit, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = MMC(preprocessor=X * units, diagonal=True, n_jobs=1).fit(pairs, labels)
+    assert got.converged_
+    np.testing.assert_allclose(np.diag(got.A_) * units**2, np.diag(ref.A_),
+                               rtol=1e-7, atol=1e-12 * np.abs(ref.A_).max())
+
+
+@pytest.mark.parametrize("c", [1e-12, 1e-16, 1e6])
+def test_diagonal_c_only_scales_the_minimiser(c):
+    # g_c(c w) = c g_1(w) - (c / 2) log c: the minimiser is c times the one
+    # for c = 1.  An absolute rounding slack of 64 eps in the line search
+    # let steps raise g when g itself is ~1e-11, so small c never converged.
+    X, pairs, labels = _three_feature_problem()
+    ref = MMC(preprocessor=X, diagonal=True, n_jobs=1).fit(pairs, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = MMC(preprocessor=X, diagonal=True, diagonal_c=c, n_jobs=1).fit(
+            pairs, labels)
+    assert got.converged_
+    np.testing.assert_allclose(got.A_, c * ref.A_, rtol=1e-7,
+                               atol=1e-12 * c * np.abs(ref.A_).max())
+
+
 @pytest.mark.parametrize("scale", [2.0**-250, 1e-100, 1e-60, 1e60, 1e100, 2.0**250])
 def test_diagonal_far_from_unit_scale_is_the_rescaled_fit(scale):
     # g is covariant under X -> a X (the optimum becomes w / a^2); far from
