@@ -27,16 +27,27 @@ from ._numba.projections import c1_project_cfunc
 
 def _norm(x):
     """Frobenius norm of a small array: ``np.linalg.norm`` without its dispatch
-    (a tenth of the loop's time at d=5)."""
+    (a tenth of the loop's time at d=5), as a NumPy float (so that dividing
+    by a norm that underflowed to 0 gives inf, as in metric-learn, rather
+    than raising)."""
     v = x.ravel()
-    return math.sqrt(float(v @ v))
+    return np.float64(math.sqrt(float(v @ v)))
 
 
 def _grad_projection(grad1, grad2):
-    """grad1 minus its component along grad2, normalised (metric-learn's rule)."""
+    """grad1 minus its component along grad2, normalised (metric-learn's rule).
+
+    When the two are parallel the remainder is rounding noise, which
+    metric-learn normalises into an arbitrary unit direction (or 0 / 0 when
+    it comes out exactly 0, and the loop runs on NaN); here it is then 0:
+    no step, the iterate is stationary.
+    """
     grad2 = grad2 / _norm(grad2)
     gtemp = grad1 - float(grad1.ravel() @ grad2.ravel()) * grad2
-    gtemp /= _norm(gtemp)
+    norm = _norm(gtemp)
+    if not norm > 1e-12 * _norm(grad1):
+        return np.zeros_like(gtemp)
+    gtemp /= norm
     return gtemp
 
 
@@ -133,6 +144,7 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
     history = []
     delta = np.inf
     cycle = 0
+    stopped = False
     for cycle in range(max_iter):
         satisfy, _ = _linalg.gaip_projections(A, w, w1, t, t1, proj_budget, eps_proj,
                                               c1_project_cfunc.address, Q, omega,
@@ -147,9 +159,11 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
         else:
             alpha /= 2
             A[:] = A_old + alpha * M
-        delta = alpha * _norm(M) / _norm(A_old)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            delta = alpha * _norm(M) / _norm(A_old)
         history.append(obj_old)
         if callback is not None and callback(A_old.copy(), cycle + 1):
+            stopped = True
             break
         if delta < tol:
             break
@@ -157,7 +171,7 @@ def solve_ga_ip(similar, dissimilar, A0, *, max_iter=100, max_proj=10000, tol=1e
             print(f"mmc iter: {cycle}, conv = {delta:f}, "
                   f"log sum_D dist = {obj_old:.8g}")
     converged = bool(delta <= tol)
-    if not converged:
+    if not converged and not stopped:
         _warn_not_converged("MMC (ga-ip)", cycle + 1, f"conv {delta:.2e} > tol {tol}")
     A_final = _sym(A_old)
     return MMCResult(A=A_final, n_iter=cycle, converged=converged,

@@ -583,7 +583,10 @@ def test_callback_once_per_iteration_and_early_stop(solver):
         stops.append(n_iter)
         return len(stops) == 2
 
-    stopped = MMC_Supervised(callback=stop_at_second_call, **kw).fit(X, y)
+    with warnings.catch_warnings():
+        # a stop the user asked for is not a failure to converge
+        warnings.simplefilter("error", ConvergenceWarning)
+        stopped = MMC_Supervised(callback=stop_at_second_call, **kw).fit(X, y)
     assert len(stops) == 2
     assert stopped.n_iter_ == stops[-1] - offset < model.n_iter_
     assert not stopped.converged_
@@ -975,6 +978,32 @@ def test_distance_overflow_is_an_error_not_inf():
         model.pair_distance(pairs * 1e200)
     with pytest.raises(ValueError, match="overflows"):
         model.predict(pairs * 1e200)
+
+
+def test_gaip_with_a_tiny_init_runs_as_metric_learn_does():
+    # A PSD init of 1e-200 I: its norm underflows to 0 and metric-learn's step
+    # test divides by it (inf: no convergence yet); a Python float division
+    # raised ZeroDivisionError.  (The same A as metric-learn's: the parity suite.)
+    X_p, idx, pairs, labels = iris_pairs()
+    model = MMC(solver="ga-ip", init=1e-200 * np.eye(4), max_iter=20,
+                n_jobs=1).fit(pairs, labels)
+    assert np.all(np.isfinite(model.A_)) and model.n_iter_ == 19
+
+
+def test_gaip_with_parallel_gradients_does_not_run_on_nan():
+    # Collinear features and init='covariance': the dissimilar gradient is
+    # parallel to the similar one, the projected direction is rounding noise
+    # and came out exactly 0, and 0 / 0 put NaN in every step.  A zero
+    # direction is a stationary point: no step, converged.
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 2))
+    X[:, 1] = 2 * X[:, 0]
+    idx = np.concatenate([rng.integers(0, 30, (20, 2)), rng.integers(0, 30, (20, 2))])
+    labels = np.r_[np.ones(20), -np.ones(20)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model = MMC(solver="ga-ip", init="covariance", n_jobs=1).fit(X[idx], labels)
+    assert model.converged_ and np.all(np.isfinite(model.A_))
 
 
 @pytest.mark.parametrize("scale", [1e-100, 1e80])

@@ -350,6 +350,21 @@ def test_gaip_reproduces_metric_learn(name, n_pairs, init, max_iter):
         np.testing.assert_allclose(ours_t * signs, theirs_t, rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("init_scale", [1e-200, 1e-100])
+def test_gaip_with_a_tiny_init_reproduces_metric_learn(init_scale):
+    # the init's norm underflows: metric-learn divides by 0 (inf) and goes on
+    metric_learn = pytest.importorskip("metric_learn")
+    pairs, y = _pairs("iris", 200)
+    A0 = init_scale * np.eye(pairs.shape[2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = metric_learn.MMC(init=A0, max_iter=30).fit(pairs, y)
+        ours = fastmetric.MMC(solver="ga-ip", init=A0, max_iter=30).fit(pairs, y)
+    assert ours.n_iter_ == theirs.n_iter_
+    # (compared at unit scale: the norms of such matrices underflow)
+    assert _rel_err(ours.A_ / init_scale, theirs.A_ / init_scale) < RTOL_A
+
+
 @pytest.mark.parametrize("kind", ["definite", "singular", "diagonal", "zero"])
 def test_components_from_metric_as_metric_learn(kind):
     ml_util = pytest.importorskip("metric_learn._util")
