@@ -413,6 +413,10 @@ class _PairsClassifierMixin(ClassifierMixin):
             imax = int(np.argmax(f_beta))
             self.threshold_ = -float(thresholds[min(imax, thresholds.size - 1)])
             return self
+        if np.all(y_valid == y_valid[0]):
+            raise ValueError(
+                f"strategy={strategy!r} needs both similar (+1) and dissimilar "
+                f"(-1) validation pairs: y_valid holds only {int(y_valid[0]):+d}")
         fpr, tpr, thresholds = roc_curve(y_valid, scores, pos_label=1)
         if strategy == "max_tpr":
             indices = np.where(1 - fpr >= min_rate)[0]

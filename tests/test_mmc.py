@@ -369,6 +369,19 @@ def test_calibration_params_are_validated(params):
         MMC().fit(pairs, labels, calibration_params=params)
 
 
+@pytest.mark.parametrize("strategy", ["max_tpr", "max_tnr"])
+@pytest.mark.parametrize("label", [1, -1])
+def test_rate_calibration_needs_both_kinds_of_pair(strategy, label):
+    # a rate of one kind of pair is undefined without any: this was an
+    # accidental "argmax of an empty sequence"
+    X, idx, pairs, labels = iris_pairs()
+    model = clone(fitted_mmc("exact")).fit(pairs, labels)
+    one = labels == label
+    with pytest.raises(ValueError, match="both similar .* and dissimilar"):
+        model.calibrate_threshold(pairs[one], labels[one], strategy=strategy,
+                                  min_rate=0.5)
+
+
 @pytest.mark.parametrize("params", [
     None,
     {"strategy": "accuracy"},
