@@ -548,7 +548,7 @@ def main(argv=None):
     print("== Full-matrix MMC: fastmetric exact vs metric-learn vs NumPy reference")
     print(f"   (reference: fastmetric._reference.mmc_exact_numpy to relative "
           f"gap {REFERENCE_GAP:g})\n")
-    header = ["case", "fm time", "ml time", "ml iters", "speedup", "fm mem",
+    header = ["case", "fm solo", "fm time", "ml time", "ml iters", "speedup", "fm mem",
               "ml mem", "mem ratio", "J fm", "J ml", "J fm/ml", "ref time",
               "ref/fm", "J fm/ref", "fm iters", "solver", "ref/solver"]
     rows, exact_results = [], []
@@ -559,10 +559,13 @@ def main(argv=None):
         ref = run_isolated({"lib": "reference", "solver": "exact", "spec": spec})
         mlr = ml({"lib": "metric-learn", "solver": "ga-ip", "spec": spec,
                   "max_iter": cap})
-        # times from one process, side by side (memory and J from the above)
+        # times from one process, side by side (memory and J from the above);
+        # fastmetric's own run keeps its time as "solo": metric-learn's
+        # protocol, which the speedup over metric-learn compares with
         paired = run_isolated(spec, measure_paired)
         for run, key in ((fm, "fm"), (core, "solver"), (ref, "ref")):
             if "error" not in run:
+                run["solo"] = run["time"]
                 run["time"] = paired[key]
         exact_results.append((spec, fm, ref, mlr, core))
         rows.append(exact_row(spec, fm, ref, mlr, core))
@@ -641,11 +644,12 @@ def exact_row(spec, fm, ref, mlr, core):
     ref_ok = "error" not in ref
     return [
         describe(spec),
+        f"{fm['solo']:.3g}s" if ok else "n/a",
         fmt_t(fm),
         fmt_t(mlr, t_ml if extrap else None),
         (f"{mlr['n_iter']}/{mlr['max_iter'] or ML_DEFAULT_ITER}" if ml_ok
          else "n/a"),
-        fmt_ratio(ratio(t_ml, fm["time"]) if ok and ml_ok else None),
+        fmt_ratio(ratio(t_ml, fm["solo"]) if ok and ml_ok else None),
         fmt_mem(fm),
         fmt_mem(mlr),
         fmt_ratio(ratio(mlr["mem_mb"], fm["mem_mb"], 1.0) if ok and ml_ok else None),
@@ -711,16 +715,20 @@ def summarise(exact_results, ill, gaip_results, diag_results, kernel_frac, quick
     def verdict(ok):
         return "n/a" if ok is None else ("met" if ok else "NOT met")
 
-    # exact >= 1000x at d >= 50
-    sp = []
-    for spec, fm, _, mlr, _ in exact_results:
-        t_ml, _ = ml_time_full(mlr)
-        if spec.get("d", 30) >= 50 and t_ml is not None and "error" not in fm:
-            sp.append((t_ml / fm["time"], describe(spec)))
-    worst = min(sp) if sp else None
-    rows.append(["exact >= 1000x faster than metric-learn, d >= 50",
-                 f"min {worst[0]:.3g}x ({worst[1].strip()})" if worst else "n/a",
-                 verdict(None if worst is None else worst[0] >= 1000)])
+    # exact >= 1000x at d >= 50: fastmetric timed as metric-learn is (its own
+    # process, warm, best of fits within a second), and, for comparison,
+    # with the paused side-by-side time of the reference comparison
+    for key, label in (("solo", "exact >= 1000x faster than metric-learn, d >= 50"),
+                       ("time", "  the same, fastmetric timed paused (cold)")):
+        sp = []
+        for spec, fm, _, mlr, _ in exact_results:
+            t_ml, _ = ml_time_full(mlr)
+            if spec.get("d", 30) >= 50 and t_ml is not None and "error" not in fm:
+                sp.append((t_ml / fm[key], describe(spec)))
+        worst = min(sp) if sp else None
+        rows.append([label,
+                     f"min {worst[0]:.3g}x ({worst[1].strip()})" if worst else "n/a",
+                     verdict(None if worst is None else worst[0] >= 1000)])
     # d=100, 1e5 pairs in <= 0.5 s and memory
     big = [fm for spec, fm, _, _, _ in exact_results
            if spec.get("d") == 100 and spec.get("n_pairs") == 100_000]
