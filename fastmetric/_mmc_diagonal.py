@@ -263,6 +263,8 @@ def _newton_step(obj, w, g, grad, hdiag, s_sum):
             if np.isfinite(g_new) and g_new <= g - 1e-4 * max(decrease, 0.0) + rounding:
                 return w_new
             step *= 0.5
+        if not free.size:
+            break  # (no block to shift: every shift gives this direction)
     return None
 
 
