@@ -69,15 +69,19 @@ def _floored_eigh(M_eq):
     return np.maximum(mu, floor), V, rank < mu.size, rank
 
 
+def _unequilibrate(mu, V, s):
+    """``S V diag(mu) V^T S``: the matrix whose equilibrated form has
+    eigenpairs (mu, V), S = diag(s)."""
+    W = V * s[:, None]
+    return (W * mu) @ W.T
+
+
 def _floored_s_matrix(M):
     """M with the equilibrated spectrum floored as in :func:`_whitening`
     (M itself when nothing is floored)."""
     s, M_eq = _equilibrate(M)
     mu, V, floored, _ = _floored_eigh(M_eq)
-    if not floored:
-        return M
-    W = V * s[:, None]
-    return (W * mu) @ W.T
+    return _unequilibrate(mu, V, s) if floored else M
 
 
 def _whitening(M):
@@ -123,10 +127,7 @@ def _whitening(M):
         )
     P = (V / np.sqrt(mu)) / s[:, None]
     P_inv = (V * np.sqrt(mu)).T * s
-    M_used = M
-    if floored:
-        W = V * s[:, None]
-        M_used = (W * mu) @ W.T
+    M_used = _unequilibrate(mu, V, s) if floored else M
     return np.ascontiguousarray(P), np.ascontiguousarray(P_inv), M_used
 
 

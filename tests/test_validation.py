@@ -693,13 +693,14 @@ def test_property_pairs_of_a_wrong_shape(problem, params, shape, data):
     index_ok = len(shape) == 2 and shape[1] == 2 and shape[0] >= 1
     arr = np.zeros(shape)
     labels = np.resize(y, shape[0] if shape else 0)
+    # the message names the argument and what is wrong with its shape
+    shape_message = r"^pairs (must|is|has) "
     if not formed_ok:
-        with pytest.raises(ValueError, match=r"pairs|empty|features|labels|y"):
+        with pytest.raises(ValueError, match=shape_message):
             MMC(**params).fit(arr, labels)
-    if not index_ok:
+    if not (index_ok or formed_ok):  # (formed pairs are legal with one too)
         points = X if data.draw(st.booleans()) else X[:, :1]
-        with pytest.raises((ValueError, TypeError),
-                           match=r"pairs|empty|features|labels|y|index"):
+        with pytest.raises(ValueError, match=shape_message):
             MMC(preprocessor=points, **params).fit(arr.astype(np.intp), labels)
 
 
